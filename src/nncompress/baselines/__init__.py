@@ -1,0 +1,4 @@
+"""Trained baseline checkpoints shipped with the package (see :mod:`nncompress.train`).
+
+Run ``python -m nncompress.baselines MODEL [MODEL ...]`` to regenerate them.
+"""

@@ -1,0 +1,344 @@
+"""One harness that profiles any model: accuracy, parameters, non-zeros, bytes, FLOPs, latency.
+
+Definitions used throughout the book:
+
+- **parameters**: elements of the model's effective weight tensors. A parametrized weight
+  (``torch.nn.utils.parametrize``) counts once, as the tensor the forward pass uses; a tensor
+  shared by several modules counts once. Buffers (e.g. masks) are not parameters.
+- **non-zeros**: elements of those effective tensors that are not exactly zero.
+- **bytes**: the length of ``torch.save(model.state_dict())`` written to memory, unless a
+  custom encoding is counted instead (``nbytes=``), e.g. the length of a compressed file.
+- **FLOPs**: floating-point operations of one forward pass on *one* input, as counted by
+  ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2; only matrix products
+  and convolutions are counted, not activations or pooling).
+- **latency**: median wall time of one forward pass over a batch, from
+  ``torch.utils.benchmark.Timer.blocked_autorange`` under ``torch.inference_mode``, after
+  warm-up, with the thread count fixed and reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+import platform
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.utils import benchmark
+from torch.utils.flop_counter import FlopCounterMode
+
+from .train import evaluate
+
+__all__ = [
+    "Profile",
+    "Table",
+    "effective_tensors",
+    "count_params",
+    "count_nonzeros",
+    "serialized_bytes",
+    "count_flops",
+    "measure_latency",
+    "profile",
+    "layer_breakdown",
+    "comparison_table",
+    "environment",
+]
+
+MNIST_SHAPE = (1, 28, 28)
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def _check_positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def effective_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weight tensors the forward pass uses, by qualified name, each shared tensor once.
+
+    For a parametrized weight this is the parametrization's output (e.g. ``mask * weight``),
+    named like a plain weight (``fc1.weight``).
+    """
+    _check_model(model)
+    tensors, seen = {}, set()
+    with torch.no_grad():
+        for prefix, module in model.named_modules():
+            if isinstance(module, parametrize.ParametrizationList):
+                continue  # its ``original`` is reached through the owning module below
+            names = list(module._parameters)
+            if parametrize.is_parametrized(module):
+                names += [n for n in module.parametrizations if n not in names]
+            for name in names:
+                if parametrize.is_parametrized(module, name):
+                    key = id(module.parametrizations[name].original)
+                    value = getattr(module, name)
+                else:
+                    value = module._parameters[name]
+                    key = id(value)
+                if value is None or key in seen:
+                    continue
+                seen.add(key)
+                tensors[f"{prefix}.{name}" if prefix else name] = value.detach()
+    return tensors
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of elements of the effective weight tensors (see :func:`effective_tensors`)."""
+    return sum(t.numel() for t in effective_tensors(model).values())
+
+
+def count_nonzeros(model: nn.Module) -> int:
+    """Number of elements of the effective weight tensors that are not exactly zero."""
+    return sum(int(torch.count_nonzero(t)) for t in effective_tensors(model).values())
+
+
+def serialized_bytes(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())`` written to an in-memory buffer."""
+    _check_model(model)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def count_flops(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE) -> int:
+    """FLOPs of one forward pass on a single input of shape ``input_shape`` (no batch axis)."""
+    _check_model(model)
+    x = torch.zeros(1, *input_shape)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(x)
+    return int(counter.get_total_flops())
+
+
+def measure_latency(
+    model: nn.Module,
+    batch_size: int = 1,
+    input_shape: Sequence[int] = MNIST_SHAPE,
+    threads: int = 1,
+    min_run_time: float = 0.2,
+    warmup: int = 3,
+) -> float:
+    """Median seconds of one forward pass on a random batch of ``batch_size`` inputs.
+
+    Uses ``torch.utils.benchmark.Timer(...).blocked_autorange`` with ``num_threads=threads``,
+    under ``torch.inference_mode``, after ``warmup`` untimed calls.
+    """
+    _check_model(model)
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("threads", threads)
+    x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
+    model.eval()
+
+    def run():
+        with torch.inference_mode():
+            model(x)
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for _ in range(warmup):
+            run()
+    finally:
+        torch.set_num_threads(previous)
+    timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads)
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+@dataclass
+class Profile:
+    """Everything the harness measured about one model. Latencies are in seconds per batch."""
+
+    name: str
+    accuracy: float | None
+    params: int
+    nonzeros: int
+    bytes: int
+    flops: int
+    latency: dict[int, float] = field(default_factory=dict)
+    threads: int = 1
+    bytes_source: str = "state_dict"
+
+    @property
+    def error(self) -> float | None:
+        return None if self.accuracy is None else 1.0 - self.accuracy
+
+    def as_dict(self) -> dict:
+        """A flat dictionary (latency keys become ``latency_b<batch>_s``) for CSV or JSON."""
+        row = {k: v for k, v in asdict(self).items() if k != "latency"}
+        row.update({f"latency_b{b}_s": t for b, t in sorted(self.latency.items())})
+        return row
+
+
+def profile(
+    model: nn.Module,
+    name: str | None = None,
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    input_shape: Sequence[int] = MNIST_SHAPE,
+    batch_sizes: Iterable[int] = (1, 256),
+    threads: int = 1,
+    nbytes: int | Callable[[nn.Module], int] | None = None,
+    min_run_time: float = 0.2,
+) -> Profile:
+    """Profile ``model``: accuracy on ``data`` (if given), size, FLOPs and latency per batch size.
+
+    ``nbytes`` counts a custom encoding instead of the state_dict: an int (e.g. a file's size)
+    or a function of the model. ``batch_sizes=()`` skips the latency measurement.
+    """
+    _check_model(model)
+    _check_positive_int("threads", threads)
+    batch_sizes = tuple(batch_sizes)
+    for b in batch_sizes:
+        _check_positive_int("batch_sizes entries", b)
+    if nbytes is None:
+        size, source = serialized_bytes(model), "state_dict"
+    else:
+        size = nbytes(model) if callable(nbytes) else nbytes
+        if not isinstance(size, int) or size < 0:
+            raise ValueError(f"nbytes must give a non-negative int, got {size!r}")
+        source = "custom"
+    accuracy = None
+    if data is not None:
+        x, y = data
+        accuracy = evaluate(model, x, y)
+    return Profile(
+        name=name or type(model).__name__,
+        accuracy=accuracy,
+        params=count_params(model),
+        nonzeros=count_nonzeros(model),
+        bytes=size,
+        flops=count_flops(model, input_shape),
+        latency={b: measure_latency(model, b, input_shape, threads, min_run_time) for b in batch_sizes},
+        threads=threads,
+        bytes_source=source,
+    )
+
+
+def layer_breakdown(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE) -> list[dict]:
+    """Per leaf layer that holds weights: ``{"layer", "params", "bytes", "flops"}``.
+
+    ``bytes`` is the raw storage of the layer's state (elements times element size, no file
+    overhead); ``flops`` is for one input.
+    """
+    _check_model(model)
+    x = torch.zeros(1, *input_shape)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(x)
+    counts = counter.get_flop_counts()
+    top = type(model).__name__
+    tensors = effective_tensors(model)
+    rows = []
+    for prefix, module in model.named_modules():
+        own = {k: v for k, v in tensors.items() if k.rsplit(".", 1)[0] == prefix}
+        if not own:
+            continue
+        state = module.state_dict()
+        rows.append({
+            "layer": prefix,
+            "params": sum(t.numel() for t in own.values()),
+            "bytes": sum(t.numel() * t.element_size() for t in state.values()),
+            "flops": int(sum(counts.get(f"{top}.{prefix}", {}).values())),
+        })
+    return rows
+
+
+def environment() -> dict:
+    """Provenance of a measurement: CPU, thread count, torch and Python versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+class Table:
+    """A small table that renders as HTML and Markdown in notebooks and writes CSV."""
+
+    def __init__(self, columns: Sequence[str], rows: Sequence[Sequence], caption: str | None = None):
+        if any(len(r) != len(columns) for r in rows):
+            raise ValueError("every row must have one value per column")
+        self.columns, self.rows, self.caption = list(columns), [list(r) for r in rows], caption
+
+    @staticmethod
+    def _fmt(value) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "–"
+        if isinstance(value, float):
+            return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+        if isinstance(value, int):
+            return f"{value:,}"
+        return str(value)
+
+    def records(self) -> list[dict]:
+        return [dict(zip(self.columns, r)) for r in self.rows]
+
+    def to_csv(self, path_or_buffer) -> None:
+        """Write the raw (unformatted) values as CSV to a path or a text buffer."""
+        if isinstance(path_or_buffer, (str, bytes)) or hasattr(path_or_buffer, "__fspath__"):
+            with open(path_or_buffer, "w", newline="") as f:
+                return self.to_csv(f)
+        writer = csv.writer(path_or_buffer)
+        writer.writerow(self.columns)
+        writer.writerows(self.rows)
+
+    def _repr_markdown_(self) -> str:
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(self._fmt(v) for v in r) + " |" for r in self.rows]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(self._fmt(v))}</td>" for v in r) + "</tr>"
+                       for r in self.rows)
+        caption = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
+        return f'<table class="nncompress-table">{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+    def __str__(self) -> str:
+        cells = [self.columns] + [[self._fmt(v) for v in r] for r in self.rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
+        return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
+
+    __repr__ = __str__
+
+
+def comparison_table(profiles: Sequence[Profile], reference: int | None = 0) -> Table:
+    """The book's comparison table: one row per profile.
+
+    Sizes are shown in kB (1000 bytes), FLOPs in millions per input, latency in ms per batch.
+    With ``reference`` (an index into ``profiles``), ratio columns give each model's compression
+    in bytes and speed-up at each batch size relative to that row (>1 is better).
+    """
+    profiles = list(profiles)
+    if not profiles or not all(isinstance(p, Profile) for p in profiles):
+        raise TypeError("profiles must be a non-empty sequence of Profile")
+    if reference is not None and not 0 <= reference < len(profiles):
+        raise ValueError(f"reference must index profiles (0..{len(profiles) - 1}) or be None, got {reference!r}")
+    batches = sorted({b for p in profiles for b in p.latency})
+    columns = ["model", "error %", "params", "non-zeros", "kB", "MFLOPs"]
+    columns += [f"ms @ b={b}" for b in batches]
+    if reference is not None:
+        columns += ["size ×"] + [f"speed-up @ b={b}" for b in batches]
+    rows = []
+    for p in profiles:
+        row = [p.name, None if p.error is None else 100 * p.error, p.params, p.nonzeros, p.bytes / 1e3, p.flops / 1e6]
+        row += [1e3 * p.latency[b] if b in p.latency else None for b in batches]
+        if reference is not None:
+            ref = profiles[reference]
+            row.append(ref.bytes / p.bytes if p.bytes else None)
+            row += [ref.latency[b] / p.latency[b] if b in p.latency and b in ref.latency else None for b in batches]
+        rows.append(row)
+    threads = sorted({p.threads for p in profiles})
+    caption = f"latency: median of torch.utils.benchmark, {', '.join(map(str, threads))} thread(s)"
+    return Table(columns, rows, caption)

@@ -1,0 +1,150 @@
+"""The measurement harness against hand counts, files on disk and torch's own utilities."""
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from nncompress import measure, models
+
+
+class Mask(nn.Module):
+    def __init__(self, mask):
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight):
+        return weight * self.mask
+
+
+def masked_lenet300(keep=0.1, seed=0):
+    model = models.lenet_300_100()
+    mask = (torch.rand(300, 784, generator=torch.Generator().manual_seed(seed)) < keep).float()
+    parametrize.register_parametrization(model.fc1, "weight", Mask(mask))
+    return model, mask
+
+
+def test_params_and_nonzeros_of_a_dense_model():
+    model = models.lenet5()
+    assert measure.count_params(model) == sum(p.numel() for p in model.parameters()) == 431_080
+    with torch.no_grad():
+        model.fc1.weight[:10] = 0.0
+    assert measure.count_nonzeros(model) == 431_080 - 10 * 800
+
+
+def test_parametrized_weight_counts_once_as_the_effective_tensor():
+    model, mask = masked_lenet300()
+    assert measure.count_params(model) == 266_610  # not doubled by ``original``; the mask is a buffer
+    assert measure.count_nonzeros(model) == 266_610 - 300 * 784 + int(mask.sum())
+    assert "fc1.weight" in measure.effective_tensors(model)
+
+
+def test_tied_weights_count_once():
+    a = nn.Linear(8, 8)
+    model = nn.Sequential(a, nn.ReLU(), a)
+    assert measure.count_params(model) == 72
+
+
+def test_serialized_bytes_equal_the_saved_file(tmp_path):
+    model = models.lenet_300_100()
+    path = tmp_path / "model.pt"
+    with open(path, "wb") as f:  # through a handle, as to memory (a path renames the zip records)
+        torch.save(model.state_dict(), f)
+    assert measure.serialized_bytes(model) == path.stat().st_size
+    assert measure.serialized_bytes(model) > 4 * 266_610  # fp32 payload plus the zip container
+
+
+def test_flops_match_hand_counts():
+    # a multiply-add counts 2; LeNet-5: conv1 20x24x24 outputs of 25 MACs, conv2 50x8x8 of 500, fc 800x500 and 500x10
+    assert measure.count_flops(models.lenet5()) == 2 * (20 * 24 * 24 * 25 + 50 * 8 * 8 * 500 + 800 * 500 + 500 * 10)
+    assert measure.count_flops(models.lenet_300_100()) == 2 * (784 * 300 + 300 * 100 + 100 * 10)
+    assert measure.count_flops(nn.Linear(7, 3), input_shape=(7,)) == 42
+
+
+def test_layer_breakdown_adds_up_to_the_totals():
+    for model in (models.lenet5(), masked_lenet300()[0]):
+        rows = measure.layer_breakdown(model)
+        assert sum(r["params"] for r in rows) == measure.count_params(model)
+        assert sum(r["flops"] for r in rows) == measure.count_flops(model)
+    rows = {r["layer"]: r for r in measure.layer_breakdown(models.lenet5())}
+    assert list(rows) == ["conv1", "conv2", "fc1", "fc2"]
+    assert rows["fc1"]["bytes"] == 4 * (800 * 500 + 500)
+
+
+def test_latency_is_measured_with_fixed_threads_and_restores_the_setting():
+    before = torch.get_num_threads()
+    seconds = measure.measure_latency(models.lenet_300_100(), batch_size=4, threads=1, min_run_time=0.05)
+    assert 0 < seconds < 1 and torch.get_num_threads() == before
+    # a 64x larger batch of a compute-bound model takes longer
+    small = measure.measure_latency(models.lenet5(), batch_size=1, min_run_time=0.05)
+    large = measure.measure_latency(models.lenet5(), batch_size=64, min_run_time=0.05)
+    assert large > 2 * small
+
+
+def test_profile_collects_everything():
+    model = models.lenet_300_100()
+    x, y = torch.randn(50, 1, 28, 28), torch.randint(0, 10, (50,))
+    p = measure.profile(model, "mlp", data=(x, y), batch_sizes=(1, 8), min_run_time=0.05)
+    assert p.accuracy == pytest.approx((model(x).argmax(1) == y).float().mean().item())
+    assert p.error == pytest.approx(1 - p.accuracy)
+    assert (p.params, p.nonzeros, p.flops) == (266_610, 266_610, measure.count_flops(model))
+    assert set(p.latency) == {1, 8} and p.bytes_source == "state_dict"
+    row = p.as_dict()
+    assert row["latency_b8_s"] == p.latency[8] and "latency" not in row
+
+
+def test_profile_counts_a_custom_encoding():
+    model = models.lenet_300_100()
+    assert measure.profile(model, nbytes=1234, batch_sizes=()).bytes == 1234
+    p = measure.profile(model, nbytes=lambda m: 2 * measure.count_params(m), batch_sizes=())
+    assert p.bytes == 2 * 266_610 and p.bytes_source == "custom" and p.latency == {}
+
+
+@pytest.mark.parametrize("bad", [None, "model", torch.randn(3), lambda x: x])
+def test_harness_rejects_non_modules(bad):
+    for fn in (measure.profile, measure.count_params, measure.serialized_bytes, measure.count_flops,
+               measure.measure_latency, measure.layer_breakdown):
+        with pytest.raises(TypeError, match="torch.nn.Module"):
+            fn(bad)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"threads": 0}, "threads"), ({"batch_sizes": (1, 0)}, "batch_sizes"),
+                                           ({"nbytes": -1}, "nbytes"), ({"nbytes": 1.5}, "nbytes")])
+def test_profile_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        measure.profile(models.lenet_300_100(), **kwargs)
+
+
+def test_comparison_table_ratios_and_rendering():
+    a = measure.Profile("dense", 0.98, 100, 100, 4000, 10, {1: 2e-3, 256: 0.5})
+    b = measure.Profile("small", 0.97, 50, 25, 1000, 5, {1: 1e-3, 256: 0.25})
+    table = measure.comparison_table([a, b])
+    rec = table.records()[1]
+    assert rec["size ×"] == 4.0 and rec["speed-up @ b=1"] == 2.0 and rec["speed-up @ b=256"] == 2.0
+    assert rec["error %"] == pytest.approx(3.0) and rec["kB"] == 1.0 and rec["ms @ b=256"] == 250.0
+    html = table._repr_html_()
+    assert html.count("<tr>") == 3 and "small" in html
+    assert table._repr_markdown_().splitlines()[0].startswith("| model | error % |")
+    buffer = io.StringIO()
+    table.to_csv(buffer)
+    assert buffer.getvalue().splitlines()[2].startswith("small,")
+    assert "–" in str(measure.comparison_table([measure.Profile("x", None, 1, 1, 1, 1)], reference=None))
+
+
+def test_comparison_table_rejects_bad_input():
+    with pytest.raises(TypeError, match="Profile"):
+        measure.comparison_table([])
+    p = measure.Profile("x", None, 1, 1, 1, 1)
+    with pytest.raises(ValueError, match="reference"):
+        measure.comparison_table([p], reference=3)
+    with pytest.raises(ValueError, match="one value per column"):
+        measure.Table(["a", "b"], [[1]])
+
+
+def test_environment_reports_provenance():
+    env = measure.environment()
+    assert env["torch"] == str(torch.__version__) and env["threads"] >= 1 and env["cpu"]
+    assert not math.isnan(float(env["python"].split(".")[0]))

@@ -1,0 +1,75 @@
+"""Package-level promises: importing has no side effects; plotting is opt-in."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nncompress import plotting
+
+PROBE = r"""
+import json, random, warnings
+import numpy as np, torch, matplotlib as mpl
+before = (random.getstate(), np.random.get_state()[1].tolist(), torch.get_rng_state().tolist(),
+          dict(mpl.rcParams), list(warnings.filters), torch.get_num_threads(),
+          torch.are_deterministic_algorithms_enabled())
+import nncompress
+after = (random.getstate(), np.random.get_state()[1].tolist(), torch.get_rng_state().tolist(),
+         dict(mpl.rcParams), list(warnings.filters), torch.get_num_threads(),
+         torch.are_deterministic_algorithms_enabled())
+print(json.dumps([repr(a) == repr(b) for a, b in zip(before, after)]))
+"""
+
+
+def test_import_has_no_side_effects():
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [True] * 7
+
+
+def test_book_style_is_applied_only_when_called():
+    mpl = pytest.importorskip("matplotlib")
+    with mpl.rc_context():
+        mpl.rcdefaults()
+        assert mpl.rcParams["axes.spines.top"] is True
+        plotting.use_book_style()
+        assert mpl.rcParams["axes.spines.top"] is False
+        assert mpl.rcParams["axes.prop_cycle"].by_key()["color"] == list(plotting.PALETTE)
+
+
+def test_pareto_front_matches_brute_force():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(50):
+        n = rng.randint(1, 12)
+        costs = [rng.choice([1, 2, 3, 4, 5]) for _ in range(n)]
+        errors = [rng.choice([1, 2, 3, 4, 5]) for _ in range(n)]
+        front = plotting.pareto_front(costs, errors)
+        # i is on the front iff no j is at least as good in both and strictly better in one,
+        # keeping one representative of exact ties
+        dominated = {i for i in range(n) for j in range(n)
+                     if costs[j] <= costs[i] and errors[j] <= errors[i] and (costs[j], errors[j]) != (costs[i], errors[i])}
+        points = {(costs[i], errors[i]) for i in range(n) if i not in dominated}
+        assert sorted((costs[i], errors[i]) for i in front) == sorted(points)
+    with pytest.raises(ValueError, match="equal length"):
+        plotting.pareto_front([1, 2], [1])
+
+
+def test_pareto_plot_draws_points_and_front():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nncompress.measure import Profile
+
+    profiles = [Profile("a", 0.99, 10, 10, 100, 1, {1: 1e-3}), Profile("b", 0.98, 5, 5, 50, 1, {1: 2e-3}),
+                Profile("c", 0.97, 8, 8, 80, 1, {1: 3e-3})]
+    fig, ax = plt.subplots()
+    plotting.pareto_plot(profiles, cost="bytes", ax=ax)
+    line = ax.get_lines()[0]
+    assert list(line.get_xdata()) == [50.0, 100.0]  # c is dominated by b
+    with pytest.raises(ValueError, match="cost"):
+        plotting.pareto_plot(profiles, cost="energy", ax=ax)
+    plt.close(fig)
