@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["BOOK_STYLE", "use_book_style", "pareto_front", "pareto_plot"]
+__all__ = ["BOOK_STYLE", "PALETTE", "use_book_style", "pareto_front", "pareto_plot", "layer_share_plot"]
 
 BOOK_STYLE = {
     "figure.figsize": (6.4, 3.6),
@@ -83,3 +83,38 @@ def pareto_plot(profiles, cost: str = "bytes", ax=None, logx: bool = True, annot
     ax.set_xlabel(label)
     ax.set_ylabel("test error (%)")
     return ax
+
+
+def layer_share_plot(breakdowns: dict, quantities: Sequence[str] = ("params", "bytes", "flops"), axes=None):
+    """Stacked horizontal bars: each layer's share of each quantity, one bar per model.
+
+    ``breakdowns`` maps a model name to the rows of :func:`nncompress.measure.layer_breakdown`.
+    Returns the array of axes (one per quantity).
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not breakdowns:
+        raise ValueError("breakdowns must name at least one model")
+    names = list(breakdowns)
+    if axes is None:
+        _, axes = plt.subplots(1, len(quantities), figsize=(3.2 * len(quantities), 0.6 + 0.5 * len(names)),
+                               sharey=True, squeeze=False)
+        axes = axes[0]
+    titles = {"params": "parameters", "bytes": "bytes", "flops": "FLOPs per input"}
+    for ax, quantity in zip(axes, quantities):
+        for row, name in enumerate(names):
+            rows = breakdowns[name]
+            total = sum(r[quantity] for r in rows) or 1
+            left = 0.0
+            for i, r in enumerate(rows):
+                share = r[quantity] / total
+                ax.barh(row, share, left=left, color=PALETTE[i % len(PALETTE)], edgecolor="white")
+                if share > 0.12:
+                    ax.text(left + share / 2, row, r["layer"], ha="center", va="center", fontsize=8, color="white")
+                left += share
+        ax.set_yticks(np.arange(len(names)), names)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(f"share of {titles.get(quantity, quantity)}")
+        ax.grid(False)
+    return axes
