@@ -52,9 +52,11 @@ def test_fit_accepts_a_custom_loss_and_epoch_callback():
     seen = []
     model = models.lenet_300_100()
     loss_fn = lambda m, xb, yb: m(xb).pow(2).mean()  # noqa: E731
-    losses = train.fit(model, x, y, Recipe(epochs=2, lr=0.01), loss_fn=loss_fn,
-                       on_epoch_end=lambda epoch, m: seen.append(epoch))
+    steps = []
+    losses = train.fit(model, x, y, Recipe(epochs=2, lr=0.01, batch_size=64), loss_fn=loss_fn,
+                       on_epoch_end=lambda epoch, m: seen.append(epoch), on_step_end=lambda s, m: steps.append(s))
     assert seen == [1, 2] and losses[1] < losses[0]
+    assert steps == list(range(1, 2 * 4 + 1))  # 200 samples in batches of 64: 4 steps per epoch
 
 
 def test_random_shift_translates_each_image():

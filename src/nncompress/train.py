@@ -140,13 +140,16 @@ def fit(
     loss_fn: LossFn | None = None,
     progress: bool = False,
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    on_step_end: Callable[[int, nn.Module], None] | None = None,
 ) -> list[float]:
     """Train ``model`` in place on ``(x, y)`` with ``recipe``; return the mean loss of each epoch.
 
     The run is deterministic for a given seed and thread count: shuffling and jitter draw from a
     generator seeded with ``seed``, and the global generators (dropout) are seeded too.
     ``loss_fn(model, xb, yb)`` replaces the default cross-entropy, e.g. with a distillation loss.
-    ``on_epoch_end(epoch, model)`` is called after each epoch (``epoch`` counts from 1).
+    ``on_epoch_end(epoch, model)`` is called after each epoch (``epoch`` counts from 1), and
+    ``on_step_end(step, model)`` after each optimizer step (``step`` counts from 1), e.g. to prune
+    on a schedule.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -161,7 +164,7 @@ def fit(
     scheduler = None
     if recipe.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs * steps_per_epoch)
-    losses = []
+    losses, step = [], 0
     bar = tqdm(range(1, recipe.epochs + 1), desc="epoch", disable=not progress, leave=False)
     for epoch in bar:
         model.train()
@@ -176,6 +179,9 @@ def fit(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            step += 1
+            if on_step_end is not None:
+                on_step_end(step, model)
             total += loss.item() * len(idx)
         losses.append(total / len(x))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")

@@ -1,0 +1,243 @@
+"""Pruning against torch.nn.utils.prune, and the properties masks and removal must guarantee."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from nncompress import models, pruning
+from nncompress.train import Recipe, fit
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def blobs(n=256, seed=0):
+    g = gen(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = 0.3 * torch.randn(n, 1, 28, 28, generator=g)
+    for k in range(10):
+        x[y == k, 0, 2 * k : 2 * k + 3, 5:20] += 2.0
+    return x, y
+
+
+SHAPES = [(300, 784), (20, 1, 5, 5), (50, 20, 5, 5), (7,), (10, 100)]
+SPARSITIES = [0.0, 0.1, 0.5, 0.77, 0.92, 0.999]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_magnitude_mask_equals_torch_l1_unstructured(shape, sparsity):
+    weight = torch.randn(shape, generator=gen(hash(shape) % 1000))
+    layer = nn.Module()
+    layer.weight = nn.Parameter(weight.clone())
+    torch_prune.l1_unstructured(layer, "weight", amount=sparsity)
+    assert torch.equal(pruning.magnitude_mask(weight, sparsity), layer.weight_mask)
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_global_masks_equal_torch_global_unstructured(sparsity):
+    model = models.lenet5()
+    weights = [m.weight.detach().clone() for m in (model.conv1, model.conv2, model.fc1, model.fc2)]
+    reference = copy.deepcopy(model)
+    params = [(getattr(reference, n), "weight") for n in ("conv1", "conv2", "fc1", "fc2")]
+    torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=sparsity)
+    ours = pruning.global_magnitude_masks(weights, sparsity)
+    for mask, (module, _) in zip(ours, params):
+        assert torch.equal(mask, module.weight_mask)
+
+
+@pytest.mark.parametrize("shape", [(20, 1, 5, 5), (50, 20, 5, 5), (300, 784)])
+@pytest.mark.parametrize("n", [1, 2, math.inf])
+@pytest.mark.parametrize("dim", [0, 1])
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9])
+def test_ln_structured_mask_equals_torch_ln_structured(shape, n, dim, sparsity):
+    weight = torch.randn(shape, generator=gen(7))
+    layer = nn.Module()
+    layer.weight = nn.Parameter(weight.clone())
+    torch_prune.ln_structured(layer, "weight", amount=sparsity, n=n, dim=dim)
+    assert torch.equal(pruning.ln_structured_mask(weight, sparsity, n=n, dim=dim), layer.weight_mask)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.25, 0.5, 0.9, 0.95])
+def test_sparsity_counts_are_exact(sparsity):
+    model = pruning.prune_magnitude(models.lenet_300_100(), sparsity)
+    for name, module in pruning.prunable_layers(model).items():
+        assert int((module.weight == 0).sum()) == round(sparsity * module.weight.numel()), name
+    per_layer = {"fc1": 0.92, "fc2": 0.91, "fc3": 0.74}  # Han et al.'s LeNet-300-100 setting
+    model = pruning.prune_magnitude(models.lenet_300_100(), per_layer)
+    for name, s in pruning.layer_sparsity(model).items():
+        weight = getattr(model, name).weight
+        assert s == round(per_layer[name] * weight.numel()) / weight.numel()
+
+
+def test_masked_weights_stay_zero_through_optimizer_steps():
+    x, y = blobs()
+    model = pruning.prune_magnitude(models.lenet5(), 0.8)
+    pruning.prune_channels(model, 0.5)
+    masks = pruning.masks_of(model)
+    # momentum and weight decay both try to move pruned weights; Adam even more so
+    for recipe in (Recipe(epochs=1, lr=0.1, weight_decay=1e-2), Recipe(epochs=1, lr=0.01, optimizer="adam")):
+        fit(model, x, y, recipe)
+        for key, mask in masks.items():
+            layer, _, tensor_name = key.rpartition(".")
+            value = getattr(getattr(model, layer), tensor_name)
+            assert torch.equal(value[mask == 0], torch.zeros_like(value[mask == 0])), key
+            assert bool((value[mask == 1] != 0).all()), key  # the kept weights still train
+
+
+def test_masks_only_ever_grow():
+    model = pruning.prune_magnitude(models.lenet_300_100(), 0.5)
+    first = pruning.masks_of(model)["fc1.weight"]
+    pruning.prune_magnitude(model, 0.3)  # a lower target cannot un-prune
+    assert torch.equal(pruning.masks_of(model)["fc1.weight"], first)
+    pruning.prune_magnitude(model, 0.8)
+    second = pruning.masks_of(model)["fc1.weight"]
+    assert bool((second <= first).all()) and second.sum() == round(0.2 * second.numel())
+
+
+def test_pruned_model_survives_deepcopy_and_state_dict_round_trip():
+    model = pruning.prune_channels(pruning.prune_magnitude(models.lenet5(), 0.7), 0.5)
+    x = torch.randn(4, 1, 28, 28, generator=gen())
+    expected = model(x)
+    twin = copy.deepcopy(model)
+    assert torch.equal(twin(x), expected)
+    assert pruning.masks_of(twin).keys() == pruning.masks_of(model).keys()
+    restored = pruning.load_pruned(models.lenet5(), model.state_dict())
+    assert torch.equal(restored(x), expected)
+    for key, mask in pruning.masks_of(model).items():
+        assert torch.equal(pruning.masks_of(restored)[key], mask)
+
+
+def test_bake_gives_plain_weights_with_the_same_function():
+    model = pruning.prune_magnitude(models.lenet_300_100(), 0.9)
+    x = torch.randn(3, 1, 28, 28, generator=gen())
+    expected = model(x)
+    pruning.bake(model)
+    assert not pruning.masks_of(model) and torch.equal(model(x), expected)
+    assert isinstance(model.fc1.weight, nn.Parameter)
+    assert set(model.state_dict()) == set(models.lenet_300_100().state_dict())
+
+
+@pytest.mark.parametrize("build, sparsity", [(models.lenet5, 0.5), (models.lenet5, 0.8),
+                                             (models.lenet_300_100, 0.6), (models.hinton_teacher, 0.9)])
+def test_removed_channels_give_a_smaller_model_with_the_same_outputs(build, sparsity):
+    torch.manual_seed(0)
+    model = pruning.prune_channels(build(), sparsity).eval()
+    small = pruning.remove_channels(model).eval()
+    x = torch.randn(16, 1, 28, 28, generator=gen(1))
+    torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-6)
+    n_small = sum(p.numel() for p in small.parameters())
+    assert n_small < sum(p.numel() for p in build().parameters())
+    for name, module in pruning.prunable_layers(small).items():
+        assert int(torch.count_nonzero(module.weight)) > 0, name
+    if isinstance(model, models.LeNet5):
+        keep = lambda s, c: c - round(s * c)  # noqa: E731
+        assert (small.conv1.out_channels, small.conv2.out_channels, small.fc1.out_features) == \
+            (keep(sparsity, 20), keep(sparsity, 50), keep(sparsity, 500))
+        assert small.fc1.in_features == 16 * small.conv2.out_channels
+
+
+def test_remove_channels_also_removes_units_zeroed_without_masks():
+    model = models.lenet_300_100().eval()
+    with torch.no_grad():
+        model.fc2.weight[:40] = 0
+        model.fc2.bias[:40] = 0
+    small = pruning.remove_channels(model)
+    assert small.hidden == (300, 60)
+    x = torch.randn(5, 1, 28, 28, generator=gen())
+    torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_polynomial_schedule_follows_zhu_and_gupta():
+    s = [pruning.polynomial_sparsity(t, 0.9, 10, 110) for t in range(0, 130)]
+    assert s[0] == s[10] == 0.0 and s[110] == s[129] == pytest.approx(0.9)
+    assert all(b >= a for a, b in zip(s, s[1:]))  # monotone
+    # the cubic: at 50 % progress, 1 - 0.5**3 = 87.5 % of the final sparsity is reached
+    assert s[60] == pytest.approx(0.9 * (1 - 0.5**3))
+    assert pruning.polynomial_sparsity(60, 0.9, 10, 110, initial_sparsity=0.5) == pytest.approx(0.9 - 0.4 * 0.125)
+
+
+def test_gradual_pruning_reaches_the_final_sparsity_during_training():
+    x, y = blobs(512)
+    model = models.lenet_300_100()
+    seen = []
+    callback = pruning.gradual_pruning(0.8, begin_step=2, end_step=12, frequency=2)
+    fit(model, x, y, Recipe(epochs=2, lr=0.05, batch_size=32),
+        on_step_end=lambda step, m: (callback(step, m), seen.append(pruning.layer_sparsity(m)["fc1"])))
+    assert seen[0] == 0.0 and seen[-1] == pytest.approx(0.8, abs=1e-4)
+    assert all(b >= a for a, b in zip(seen, seen[1:]))
+
+
+def test_iterative_prune_reaches_the_last_sparsity_and_retrains():
+    x, y = blobs(512)
+    torch.manual_seed(0)
+    model = models.lenet_300_100()
+    fit(model, x, y, Recipe(epochs=2, lr=0.05, batch_size=32))  # Han et al. prune a trained network
+    rounds = []
+    pruning.iterative_prune(model, x, y, [0.5, 0.75, 0.9], Recipe(epochs=1, lr=0.05),
+                            on_round=lambda i, m: rounds.append(pruning.layer_sparsity(m)["fc2"]))
+    assert rounds == pytest.approx([0.5, 0.75, 0.9], abs=1e-4)
+    assert ((model(x).argmax(1) == y).float().mean() > 0.9)
+
+
+def test_lottery_ticket_keeps_initial_values_of_surviving_weights():
+    x, y = blobs(256)
+    torch.manual_seed(3)
+    init = models.lenet_300_100().state_dict()
+    ticket = pruning.lottery_ticket(models.lenet_300_100, x, y, Recipe(epochs=1, lr=0.05), sparsity=0.75,
+                                    rounds=2, seed=3)
+    mask = pruning.masks_of(ticket)["fc1.weight"]
+    assert mask.mean().item() == pytest.approx(0.25, abs=1e-4)  # two rounds of 50 %
+    assert torch.equal(ticket.fc1.weight, init["fc1.weight"] * mask)  # rewound to the initialization
+    assert torch.equal(ticket.fc1.bias, init["fc1.bias"])
+    early = pruning.lottery_ticket(models.lenet_300_100, x, y, Recipe(epochs=1, lr=0.05), sparsity=0.5,
+                                   rewind_step=1, seed=3)
+    kept = pruning.masks_of(early)["fc1.weight"] == 1
+    assert not torch.equal(early.fc1.weight[kept], init["fc1.weight"][kept])  # rewound to step 1 instead
+    with pytest.raises(ValueError, match="rewind_step"):
+        pruning.lottery_ticket(models.lenet_300_100, x, y, Recipe(epochs=1, lr=0.05), 0.5, rewind_step=10_000)
+
+
+def test_rewind_to_a_fresh_initialization_keeps_the_mask():
+    ticket = pruning.prune_magnitude(models.lenet_300_100(), 0.9)
+    fresh = models.lenet_300_100().state_dict()
+    pruning.rewind(ticket, fresh)
+    mask = pruning.masks_of(ticket)["fc1.weight"]
+    assert torch.equal(ticket.fc1.weight, fresh["fc1.weight"] * mask)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan"), "0.5", True])
+def test_sparsity_outside_zero_one_is_rejected(bad):
+    with pytest.raises(ValueError, match=r"sparsity must be a number in \[0, 1\)"):
+        pruning.magnitude_mask(torch.ones(4), bad)
+    with pytest.raises(ValueError, match="sparsity"):
+        pruning.prune_channels(models.lenet5(), bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1, "fro", "nuc", None])
+def test_unknown_norm_is_rejected(bad):
+    with pytest.raises(ValueError, match="L_n norm"):
+        pruning.ln_structured_mask(torch.ones(4, 3), 0.5, n=bad)
+
+
+def test_unsupported_layers_and_names_are_rejected():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    with pytest.raises(TypeError, match="only Linear and Conv2d"):
+        pruning.prune_magnitude(model, 0.5, layers=["1"])
+    with pytest.raises(ValueError, match="no layer named 'fc9'"):
+        pruning.prune_magnitude(models.lenet_300_100(), 0.5, layers=["fc9"])
+    with pytest.raises(TypeError, match="supports MLP and LeNet5"):
+        pruning.remove_channels(model)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        pruning.prune_magnitude("model", 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        pruning.apply_masks(models.lenet_300_100(), {"fc1.weight": torch.ones(3, 3)})
+    with pytest.raises(ValueError, match="scope"):
+        pruning.prune_magnitude(models.lenet_300_100(), 0.5, scope="row")
+    with pytest.raises(ValueError, match="dim"):
+        pruning.ln_structured_mask(torch.ones(4, 3), 0.5, dim=2)
