@@ -78,9 +78,13 @@ def test_key_is_firstauthor_year_titleword(entry):
 
 
 def ascii_fold_words(title):
+    """The title's words, lowercased ASCII, each both split at hyphens and joined ("k-means++" gives
+    "k", "means" and "kmeans"), with possessives dropped ("computing's" gives "computing")."""
     title = re.sub(r"[{}]", "", title)
     title = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode().lower()
-    return re.split(r"[\s\-:/]+", title)
+    title = re.sub(r"'s\b", "", title)
+    words = re.split(r"[\s:/]+", title)
+    return words + [part for w in words for part in w.split("-")]
 
 
 CITE = re.compile(r"\{(?:cite|cite:p|cite:t|cite:ps|cite:ts|cite:author|cite:year|cite:empty)\}`([^`]+)`")

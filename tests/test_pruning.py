@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from nncompress import models, pruning
+from nncompress import measure, models, pruning
 from nncompress.train import Recipe, fit
 
 
@@ -111,6 +111,17 @@ def test_pruned_model_survives_deepcopy_and_state_dict_round_trip():
     assert torch.equal(restored(x), expected)
     for key, mask in pruning.masks_of(model).items():
         assert torch.equal(pruning.masks_of(restored)[key], mask)
+
+
+def test_changing_a_deep_copy_leaves_the_original_intact():
+    """torch shares a parametrized module's class between deep copies; editing a copy must not leak."""
+    model = pruning.prune_magnitude(models.lenet5(), 0.5)
+    x = torch.randn(2, 1, 28, 28, generator=gen())
+    expected = model(x)
+    pruning.bake(copy.deepcopy(model))
+    assert torch.equal(model(x), expected)
+    pruning.prune_channels(copy.deepcopy(model), 0.5)  # adds bias masks to the copy only
+    assert torch.equal(model(x), expected) and "conv1.bias" not in pruning.masks_of(model)
 
 
 def test_bake_gives_plain_weights_with_the_same_function():
@@ -241,3 +252,22 @@ def test_unsupported_layers_and_names_are_rejected():
         pruning.prune_magnitude(models.lenet_300_100(), 0.5, scope="row")
     with pytest.raises(ValueError, match="dim"):
         pruning.ln_structured_mask(torch.ones(4, 3), 0.5, dim=2)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.95])
+def test_sparse_linear_matches_the_dense_layer(sparsity):
+    model = pruning.prune_magnitude(models.lenet_300_100(), sparsity).eval()
+    sparse = pruning.to_sparse(model).eval()
+    x = torch.randn(7, 1, 28, 28, generator=gen())
+    torch.testing.assert_close(sparse(x), model(x), rtol=1e-5, atol=1e-5)
+    assert isinstance(sparse.fc1, pruning.SparseLinear)
+    assert sparse.fc1.weight.values().numel() == int(torch.count_nonzero(model.fc1.weight))
+    assert pruning.masks_of(model)  # the original keeps its masks
+    assert measure.count_params(sparse) == 266_610
+    assert measure.count_nonzeros(sparse) == measure.count_nonzeros(model)
+    # a CSR product does 2 FLOPs per stored weight (per input); the dense model does 2 per weight
+    weights = sum(int(torch.count_nonzero(getattr(model, f"fc{i}").weight)) for i in (1, 2, 3))
+    assert measure.count_flops(sparse) == 2 * weights
+    assert measure.count_flops(model) == 2 * (784 * 300 + 300 * 100 + 100 * 10)
+    with pytest.raises(TypeError, match="torch.nn.Linear"):
+        pruning.SparseLinear.from_dense(nn.Conv2d(1, 1, 3))

@@ -5,12 +5,14 @@ Definitions used throughout the book:
 - **parameters**: elements of the model's effective weight tensors. A parametrized weight
   (``torch.nn.utils.parametrize``) counts once, as the tensor the forward pass uses; a tensor
   shared by several modules counts once. Buffers (e.g. masks) are not parameters.
-- **non-zeros**: elements of those effective tensors that are not exactly zero.
+- **non-zeros**: elements of those effective tensors that are not exactly zero (for a sparse
+  tensor, its stored values that are not zero; its parameters are its logical size).
 - **bytes**: the length of ``torch.save(model.state_dict())`` written to memory, unless a
   custom encoding is counted instead (``nbytes=``), e.g. the length of a compressed file.
 - **FLOPs**: floating-point operations of one forward pass on *one* input, as counted by
   ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2; only matrix products
-  and convolutions are counted, not activations or pooling).
+  and convolutions are counted, not activations or pooling). A product with a sparse (CSR)
+  matrix counts the work it does: 2 FLOPs per stored value and output column.
 - **latency**: median wall time of one forward pass over a batch, from
   ``torch.utils.benchmark.Timer.blocked_autorange`` under ``torch.inference_mode``, after
   warm-up, with the thread count fixed and reported.
@@ -97,8 +99,12 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_nonzeros(model: nn.Module) -> int:
-    """Number of elements of the effective weight tensors that are not exactly zero."""
-    return sum(int(torch.count_nonzero(t)) for t in effective_tensors(model).values())
+    """Number of elements of the effective weight tensors that are not exactly zero.
+
+    For a sparse (COO or CSR) tensor, the non-zero values among those it stores.
+    """
+    return sum(int(torch.count_nonzero(t.values() if t.layout != torch.strided else t))
+               for t in effective_tensors(model).values())
 
 
 def serialized_bytes(model: nn.Module) -> int:
@@ -109,11 +115,25 @@ def serialized_bytes(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
+def _sparse_addmm_flops(bias, sparse, dense, *args, out_val=None, **kwargs) -> int:
+    """A sparse-dense product does 2 FLOPs per stored value of the sparse matrix and dense column."""
+    stored = sparse.values().numel() if sparse.layout != torch.strided else sparse.numel()
+    return 2 * stored * dense.shape[1]
+
+
+_sparse_addmm_flops._get_raw = True  # FlopCounterMode passes the tensors, not only their shapes
+
+
+def _flop_counter() -> FlopCounterMode:
+    """torch's FlopCounterMode, also counting sparse (CSR) matrix products by their stored values."""
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten._sparse_addmm: _sparse_addmm_flops})
+
+
 def count_flops(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE) -> int:
     """FLOPs of one forward pass on a single input of shape ``input_shape`` (no batch axis)."""
     _check_model(model)
     x = torch.zeros(1, *input_shape)
-    counter = FlopCounterMode(display=False)
+    counter = _flop_counter()
     with torch.no_grad(), counter:
         model.eval()(x)
     return int(counter.get_total_flops())
@@ -230,7 +250,7 @@ def layer_breakdown(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE) 
     """
     _check_model(model)
     x = torch.zeros(1, *input_shape)
-    counter = FlopCounterMode(display=False)
+    counter = _flop_counter()
     with torch.no_grad(), counter:
         model.eval()(x)
     counts = counter.get_flop_counts()

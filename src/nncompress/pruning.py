@@ -24,6 +24,7 @@ References: han2015learning, zhu2017prune, li2017pruning, frankle2019lottery, fr
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -50,6 +51,8 @@ __all__ = [
     "layer_sparsity",
     "load_pruned",
     "remove_channels",
+    "SparseLinear",
+    "to_sparse",
     "iterative_prune",
     "gradual_pruning",
     "rewind",
@@ -198,6 +201,19 @@ def _mask_parametrization(module: nn.Module, tensor_name: str) -> Mask | None:
     return None
 
 
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized ``module`` a class of its own before its parametrizations change.
+
+    ``torch.nn.utils.parametrize`` stores parametrized tensors as properties of a class it creates
+    per module, and ``copy.deepcopy`` shares that class between original and copy. Registering or
+    removing a parametrization edits the class, so without this a change to a copy would break the
+    original.
+    """
+    if parametrize.is_parametrized(module):
+        cls = module.__class__
+        module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+
+
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
     """Attach ``masks`` (keyed ``"<layer>.weight"`` or ``"<layer>.bias"``) to ``model`` in place.
 
@@ -220,6 +236,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
         if existing is not None:
             existing.mask.mul_(mask.to(existing.mask))
         else:
+            _own_class(module)
             parametrize.register_parametrization(module, tensor_name, Mask(mask))
     return model
 
@@ -295,6 +312,7 @@ def bake(model: nn.Module) -> nn.Module:
     for module in prunable_layers(model).values():
         for tensor_name in ("weight", "bias"):
             if _mask_parametrization(module, tensor_name) is not None:
+                _own_class(module)
                 parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
     return model
 
@@ -372,6 +390,48 @@ def remove_channels(model: nn.Module) -> nn.Module:
     else:
         raise TypeError(f"remove_channels supports MLP and LeNet5 models, got {type(model).__name__}")
     return small.train(model.training)
+
+
+# ---------------------------------------------------------------------------------------------
+# sparse storage and kernels
+
+
+class SparseLinear(nn.Module):
+    """A Linear layer whose weight is stored in CSR format and applied with a sparse kernel.
+
+    ``forward`` computes ``(W x^T)^T + b`` with ``torch.sparse.mm``; the state_dict holds the CSR
+    arrays (values, column indices, row offsets) instead of the dense matrix.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        if weight.dim() != 2:
+            raise ValueError(f"weight must be 2-d (out, in), got shape {tuple(weight.shape)}")
+        with warnings.catch_warnings():  # CSR support is flagged as beta; the numbers are tested
+            warnings.simplefilter("ignore", UserWarning)
+            self.weight = nn.Parameter(weight.detach().to_sparse_csr(), requires_grad=False)  # (out, in)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear) -> "SparseLinear":
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
+        return cls(linear.weight, linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.sparse.mm(self.weight, x.t()).t()  # (batch, out)
+        return out if self.bias is None else out + self.bias
+
+
+def to_sparse(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every Linear layer (masks baked in) replaced by :class:`SparseLinear`."""
+    model = bake(copy.deepcopy(model))
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, SparseLinear.from_dense(module))
+    return model
 
 
 # ---------------------------------------------------------------------------------------------
