@@ -111,6 +111,12 @@ def test_harness_rejects_non_modules(bad):
             fn(bad)
 
 
+def test_latency_rejects_bad_arguments():
+    for kwargs, match in (({"batch_size": 0}, "batch_size"), ({"threads": -1}, "threads"), ({"repeats": 0}, "repeats")):
+        with pytest.raises(ValueError, match=match):
+            measure.measure_latency(models.lenet_300_100(), **kwargs)
+
+
 @pytest.mark.parametrize("kwargs, match", [({"threads": 0}, "threads"), ({"batch_sizes": (1, 0)}, "batch_sizes"),
                                            ({"nbytes": -1}, "nbytes"), ({"nbytes": 1.5}, "nbytes")])
 def test_profile_rejects_bad_arguments(kwargs, match):

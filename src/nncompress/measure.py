@@ -15,7 +15,8 @@ Definitions used throughout the book:
   matrix counts the work it does: 2 FLOPs per stored value and output column.
 - **latency**: median wall time of one forward pass over a batch, from
   ``torch.utils.benchmark.Timer.blocked_autorange`` under ``torch.inference_mode``, after
-  warm-up, with the thread count fixed and reported.
+  warm-up, with the thread count fixed and reported; the smallest of a few such medians, to
+  discard transient interference from other processes.
 """
 
 from __future__ import annotations
@@ -146,15 +147,20 @@ def measure_latency(
     threads: int = 1,
     min_run_time: float = 0.2,
     warmup: int = 3,
+    repeats: int = 3,
 ) -> float:
     """Median seconds of one forward pass on a random batch of ``batch_size`` inputs.
 
     Uses ``torch.utils.benchmark.Timer(...).blocked_autorange`` with ``num_threads=threads``,
-    under ``torch.inference_mode``, after ``warmup`` untimed calls.
+    under ``torch.inference_mode``, after ``warmup`` untimed calls. The measurement is repeated
+    ``repeats`` times (``min_run_time`` seconds in all) and the smallest median is returned:
+    interference from other processes only ever adds time, so the minimum is the most
+    reproducible estimate.
     """
     _check_model(model)
     _check_positive_int("batch_size", batch_size)
     _check_positive_int("threads", threads)
+    _check_positive_int("repeats", repeats)
     x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
     model.eval()
 
@@ -170,7 +176,7 @@ def measure_latency(
     finally:
         torch.set_num_threads(previous)
     timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads)
-    return timer.blocked_autorange(min_run_time=min_run_time).median
+    return min(timer.blocked_autorange(min_run_time=min_run_time / repeats).median for _ in range(repeats))
 
 
 @dataclass
