@@ -12,7 +12,8 @@ Definitions used throughout the book:
 - **FLOPs**: floating-point operations of one forward pass on *one* input, as counted by
   ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2; only matrix products
   and convolutions are counted, not activations or pooling). A product with a sparse (CSR)
-  matrix counts the work it does: 2 FLOPs per stored value and output column.
+  matrix counts the work it does: 2 FLOPs per stored value and output column. The int8
+  layers of ``torch.ao.nn.quantized`` count their integer multiply-adds the same way.
 - **latency**: median wall time of one forward pass over a batch, from
   ``torch.utils.benchmark.Timer.blocked_autorange`` under ``torch.inference_mode``, after
   warm-up, with the thread count fixed and reported; the smallest of a few such medians, to
@@ -65,11 +66,18 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+def _int8_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is one of torch's int8 Linear/Conv layers (weights in packed params)."""
+    from torch.ao.nn import quantized as nnq
+    return isinstance(module, (nnq.Linear, nnq.Conv1d, nnq.Conv2d, nnq.Conv3d))
+
+
 def effective_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The weight tensors the forward pass uses, by qualified name, each shared tensor once.
 
     For a parametrized weight this is the parametrization's output (e.g. ``mask * weight``),
-    named like a plain weight (``fc1.weight``).
+    named like a plain weight (``fc1.weight``). For an int8 layer of ``torch.ao.nn.quantized``
+    it is the dequantized weight and the bias.
     """
     _check_model(model)
     tensors, seen = {}, set()
@@ -77,6 +85,12 @@ def effective_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
         for prefix, module in model.named_modules():
             if isinstance(module, parametrize.ParametrizationList):
                 continue  # its ``original`` is reached through the owning module below
+            if _int8_layer(module):
+                weight, bias = module._weight_bias()
+                tensors[f"{prefix}.weight"] = weight.dequantize()
+                if bias is not None:
+                    tensors[f"{prefix}.bias"] = bias.detach()
+                continue
             names = list(module._parameters)
             if parametrize.is_parametrized(module):
                 names += [n for n in module.parametrizations if n not in names]
@@ -135,9 +149,20 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE) -> i
     _check_model(model)
     x = torch.zeros(1, *input_shape)
     counter = _flop_counter()
-    with torch.no_grad(), counter:
-        model.eval()(x)
-    return int(counter.get_total_flops())
+    int8_ops = []
+
+    def count_int8(module, inputs, output):  # 2 ops per multiply-add, as for floating point
+        weight = module._weight_bias()[0]
+        int8_ops.append(2 * output.numel() * weight[0].numel())
+
+    hooks = [m.register_forward_hook(count_int8) for m in model.modules() if _int8_layer(m)]
+    try:
+        with torch.no_grad(), counter:
+            model.eval()(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return int(counter.get_total_flops()) + sum(int8_ops)
 
 
 def measure_latency(
