@@ -154,3 +154,11 @@ def test_environment_reports_provenance():
     env = measure.environment()
     assert env["torch"] == str(torch.__version__) and env["threads"] >= 1 and env["cpu"]
     assert not math.isnan(float(env["python"].split(".")[0]))
+
+
+def test_table_from_records():
+    table = measure.Table.from_records([{"a": 1, "b": 2.5}, {"a": 3, "b": 4.0}], caption="c")
+    assert table.columns == ["a", "b"] and table.rows == [[1, 2.5], [3, 4.0]] and table.caption == "c"
+    assert table.records() == [{"a": 1, "b": 2.5}, {"a": 3, "b": 4.0}]
+    with pytest.raises(ValueError, match="records"):
+        measure.Table.from_records([])

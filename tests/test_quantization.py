@@ -306,3 +306,12 @@ def test_fake_quant_model_survives_deepcopy_and_state_dict():
     Q.calibrate(fresh, x[:10])
     fresh.load_state_dict(fq.state_dict())
     assert torch.equal(fresh(x), fq(x))
+
+
+def test_a_learned_scale_driven_negative_zeroes_its_channel_consistently():
+    fq = Q.apply_fake_quant(models.lenet_300_100().eval(), 4, None, learn_scale=True)
+    quant = fq.fc1.parametrizations.weight[0]
+    with torch.no_grad():
+        quant.scale[0] = -0.01
+    assert fq.fc1.weight[0].abs().max() < 1e-5 and fq.fc1.weight[1].abs().max() > 1e-3
+    assert Q.packed_bytes(fq) > 0  # codes use the same effective scale as the forward pass

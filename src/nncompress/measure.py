@@ -322,6 +322,14 @@ class Table:
             raise ValueError("every row must have one value per column")
         self.columns, self.rows, self.caption = list(columns), [list(r) for r in rows], caption
 
+    @classmethod
+    def from_records(cls, records: Sequence[dict], caption: str | None = None) -> "Table":
+        """A table from a list of dicts with the same keys (the first one's keys are the columns)."""
+        if not records:
+            raise ValueError("records must not be empty")
+        columns = list(records[0])
+        return cls(columns, [[r[c] for c in columns] for r in records], caption)
+
     @staticmethod
     def _fmt(value) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):

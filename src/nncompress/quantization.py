@@ -281,12 +281,15 @@ def ternarize(w: torch.Tensor, threshold: float = 0.7, axis: int | None = 0) -> 
 
 
 def _lsq_scale(scale: torch.Tensor, numel: int, bits: int, signed: bool) -> torch.Tensor:
-    """A learned ``scale`` as LSQ uses it: gradient scaled by ``1 / sqrt(numel * qmax)``, value kept > 0."""
-    if not scale.requires_grad:
-        return scale
-    g = (numel / scale.numel() * max(1, qrange(bits, signed)[1])) ** -0.5
-    scaled = scale * g + (scale - scale * g).detach()  # value of scale, gradient times g
-    return scaled.clamp(min=torch.finfo(torch.float32).eps)
+    """The scale a quantizer uses: a learned one gets LSQ's gradient factor ``1 / sqrt(numel * qmax)``.
+
+    A scale that training pushes to zero or below is held at the smallest positive float32, which
+    quantizes its channel to (almost) zero rather than failing.
+    """
+    if scale.requires_grad:
+        g = (numel / scale.numel() * max(1, qrange(bits, signed)[1])) ** -0.5
+        scale = scale * g + (scale - scale * g).detach()  # value of scale, gradient times g
+    return scale.clamp(min=torch.finfo(torch.float32).eps)
 
 
 def _straight_through(w: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -363,13 +366,18 @@ class WeightFakeQuant(nn.Module):
         scale, zero_point = qparams(lo, hi, bits, symmetric)
         return cls(scale, zero_point, bits, symmetric, axis, learn_scale)
 
+    def effective_scale(self, numel: int = 1) -> torch.Tensor:
+        """The scale the forward pass uses (see :func:`_lsq_scale`)."""
+        return _lsq_scale(self.scale, numel, self.bits, self.signed)
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        scale = _lsq_scale(self.scale, weight.numel(), self.bits, self.signed)
-        return fake_quantize(weight, scale, self.zero_point, self.bits, self.signed, self.axis)
+        return fake_quantize(weight, self.effective_scale(weight.numel()), self.zero_point, self.bits,
+                             self.signed, self.axis)
 
     def codes(self, weight: torch.Tensor) -> torch.Tensor:
         """The weight's integer codes, shifted to ``[0, 2^bits)`` for packing."""
-        return quantize(weight, self.scale, self.zero_point, self.bits, self.signed, self.axis) - qrange(self.bits, self.signed)[0]
+        scale = self.effective_scale().detach()
+        return quantize(weight, scale, self.zero_point, self.bits, self.signed, self.axis) - qrange(self.bits, self.signed)[0]
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}, axis={self.axis}"
@@ -587,7 +595,7 @@ def packed_state(model: nn.Module) -> dict[str, torch.Tensor]:
             state[f"{name}.codes"] = pack_bits(quant.codes(w), quant.bits)
             state[f"{name}.shape"] = torch.tensor(w.shape, dtype=torch.int32)
             if isinstance(quant, WeightFakeQuant):
-                state[f"{name}.scale"] = quant.scale.detach().clone()
+                state[f"{name}.scale"] = quant.effective_scale().detach().clone()
                 state[f"{name}.zero_point"] = quant.zero_point.clone()
             else:
                 q = layer.weight  # alpha * code per channel
@@ -750,7 +758,7 @@ def to_int8(model: nn.Sequential, engine: str = "x86") -> nn.Sequential:
 
 def _int8_layer(module, quant: WeightFakeQuant, scale: float, zero_point: int, relu: bool, nnq, nniq):
     w = module.parametrizations.weight.original.detach()
-    qw = torch.quantize_per_channel(w, quant.scale.detach().double(), quant.zero_point.long(), 0, torch.qint8)
+    qw = torch.quantize_per_channel(w, quant.effective_scale().detach().double(), quant.zero_point.long(), 0, torch.qint8)
     bias = None if module.bias is None else module.bias.detach()
     if isinstance(module, nn.Linear):
         cls = nniq.LinearReLU if relu else nnq.Linear
