@@ -582,8 +582,8 @@ def packed_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
     Each quantized weight becomes ``<layer>.codes`` (uint8, ``bits`` per weight), ``<layer>.scale``
     and, for uniform quantizers, ``<layer>.zero_point`` (int32, zero for symmetric ones) and its
-    shape; binary and ternary weights store one ``alpha`` per output channel. Everything else in
-    the state_dict (biases, activation scales) is kept as is.
+    shape; binary and ternary weights store one ``alpha`` per output channel. Biases and
+    activation scales and zero points are kept as they are; calibration statistics are dropped.
     """
     quantizers = weight_quantizers(model)
     if not quantizers:
@@ -603,7 +603,7 @@ def packed_state(model: nn.Module) -> dict[str, torch.Tensor]:
         skip = {f"{n}.parametrizations.weight.{suffix}" for n in quantizers
                 for suffix in ("original", "0.scale", "0.zero_point")}
         for key, value in model.state_dict().items():
-            if key not in skip and not key.endswith(".enabled"):
+            if key not in skip and not key.endswith(".enabled") and ".observer." not in key:
                 state[key] = value.clone()
     return state
 
