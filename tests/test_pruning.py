@@ -271,3 +271,147 @@ def test_sparse_linear_matches_the_dense_layer(sparsity):
     assert measure.count_flops(model) == 2 * (784 * 300 + 300 * 100 + 100 * 10)
     with pytest.raises(TypeError, match="torch.nn.Linear"):
         pruning.SparseLinear.from_dense(nn.Conv2d(1, 1, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# experiments: sparsity_sweep and gradual_vs_one_shot
+
+
+def small_trained_mlp(dropout=0.0):
+    x, y = blobs(256)
+    torch.manual_seed(0)
+    model = models.MLP((32, 16), dropout=dropout)
+    fit(model, x, y, Recipe(epochs=2, lr=0.05, batch_size=32))
+    return model, x, y
+
+
+def weight_sparsity(model):
+    """Fraction of zeros among the prunable layers' weights together."""
+    weights = [m.weight for m in pruning.prunable_layers(model).values()]
+    return 1 - sum(int(torch.count_nonzero(w)) for w in weights) / sum(w.numel() for w in weights)
+
+
+def train_loss(x, y):
+    return lambda model: nn.functional.cross_entropy(model.eval()(x), y).item()
+
+
+SWEEP_RECIPE = Recipe(epochs=1, lr=0.05, batch_size=32)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_sparsity_sweep_reaches_each_sparsity_and_leaves_the_model_intact(scope):
+    model, x, y = small_trained_mlp()
+    before = copy.deepcopy(model.state_dict())
+    sweep = [0.3, 0.6, 0.9]
+    curves = pruning.sparsity_sweep(model, x, y, sweep, SWEEP_RECIPE, weight_sparsity, scope=scope)
+    assert list(curves) == ["one-shot", "one-shot + retrain", "iterative"]
+    for name, values in curves.items():
+        assert values == pytest.approx(sweep, abs=1e-3), name  # retraining never revives a pruned weight
+    assert not pruning.masks_of(model)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_sparsity_sweep_equals_the_explicit_prune_and_retrain_loop():
+    model, x, y = small_trained_mlp(dropout=0.0)
+    sweep, score = [0.5, 0.8, 0.95], train_loss(x, y)
+    curves = pruning.sparsity_sweep(model, x, y, sweep, SWEEP_RECIPE, score, seed=4, scope="global",
+                                    dropout={"dropout": 0.3})
+    expected = {"one-shot": [], "one-shot + retrain": [], "iterative": []}
+    chain = copy.deepcopy(model)
+    for s in sweep:
+        once = pruning.prune_magnitude(copy.deepcopy(model), s, scope="global")
+        expected["one-shot"].append(score(once))
+        for m, key in ((once, "one-shot + retrain"), (pruning.prune_magnitude(chain, s, scope="global"), "iterative")):
+            m.dropout.p = 0.3
+            fit(m, x, y, SWEEP_RECIPE, seed=4)
+            m.dropout.p = 0.0
+            expected[key].append(score(m))
+    assert curves == expected
+    assert model.dropout.p == 0.0
+    # retraining repairs the deepest cut, and the iterated cut differs from the single one
+    assert curves["one-shot + retrain"][-1] < curves["one-shot"][-1]
+    assert curves["iterative"][-1] != curves["one-shot + retrain"][-1]
+
+
+def test_sparsity_sweep_is_deterministic_for_a_seed():
+    model, x, y = small_trained_mlp(dropout=0.0)
+    run = lambda seed, dropout=None: pruning.sparsity_sweep(  # noqa: E731
+        model, x, y, [0.5, 0.9], SWEEP_RECIPE, train_loss(x, y), seed=seed, dropout=dropout)
+    first = run(1)
+    assert run(1) == first
+    assert run(2)["iterative"] != first["iterative"]  # the seed reaches the retraining
+    assert run(1, {"dropout": 0.5})["one-shot + retrain"] != first["one-shot + retrain"]  # so does dropout
+    assert run(1, {"dropout": 0.5})["one-shot"] == first["one-shot"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"sparsities": []}, "non-empty, strictly increasing"),
+    ({"sparsities": [0.5, 0.5]}, "strictly increasing"),
+    ({"sparsities": [0.8, 0.5]}, "strictly increasing"),
+    ({"sparsities": [0.5, 1.0]}, r"sparsities must be a number in \[0, 1\)"),
+    ({"sparsities": [-0.1]}, r"sparsities must be a number in \[0, 1\)"),
+    ({"dropout": {"fc1": 0.2}}, "not an nn.Dropout"),
+    ({"dropout": {"nope": 0.2}}, "not an nn.Dropout"),
+    ({"dropout": {"dropout": 1.0}}, r"dropout rate .* in \[0, 1\)"),
+    ({"scope": "row"}, "scope"),
+    ({"layers": ["fc9"]}, "no layer named 'fc9'"),
+])
+def test_sparsity_sweep_rejects_bad_input(kwargs, match):
+    model = models.MLP((8,), dropout=0.1)
+    x, y = blobs(16)
+    args = {"sparsities": [0.5], "recipe": SWEEP_RECIPE, "score": weight_sparsity, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        pruning.sparsity_sweep(model, x, y, **args)
+
+
+GRADUAL_RECIPE = Recipe(epochs=3, lr=0.05, batch_size=32)  # 8 steps per epoch on 256 examples
+
+
+def test_gradual_vs_one_shot_reach_the_final_sparsity_with_a_monotone_trace():
+    model, x, y = small_trained_mlp()
+    before = copy.deepcopy(model.state_dict())
+    out = pruning.gradual_vs_one_shot(model, x, y, 0.9, GRADUAL_RECIPE, weight_sparsity, end_step=16,
+                                      frequency=2, scope="global", trace_every=2)
+    assert set(out) == {"gradual", "one-shot", "trace"}
+    assert out["gradual"] == pytest.approx(0.9, abs=1e-3) and out["one-shot"] == pytest.approx(0.9, abs=1e-3)
+    steps, values = zip(*out["trace"])
+    assert list(steps) == list(range(2, 25, 2))  # every second of the 24 training steps
+    assert all(b >= a for a, b in zip(values, values[1:])) and values[0] > 0
+    weights = sum(m.weight.numel() for m in pruning.prunable_layers(model).values())
+    params = measure.count_params(model)
+    assert values[-1] == pytest.approx(round(0.9 * weights) / params)  # biases are never pruned
+    assert values[steps.index(16)] == values[-1] and values[steps.index(14)] < values[-1]  # done at end_step
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert pruning.gradual_vs_one_shot(model, x, y, 0.9, GRADUAL_RECIPE, weight_sparsity, end_step=16)["trace"] == []
+
+
+def test_gradual_vs_one_shot_equals_the_explicit_procedures():
+    model, x, y = small_trained_mlp()
+    score = train_loss(x, y)
+    out = pruning.gradual_vs_one_shot(model, x, y, 0.95, GRADUAL_RECIPE, score, end_step=12, frequency=3, seed=5)
+    gradual = copy.deepcopy(model)
+    fit(gradual, x, y, GRADUAL_RECIPE, seed=5, on_step_end=pruning.gradual_pruning(0.95, 0, 12, frequency=3))
+    oneshot = pruning.prune_magnitude(copy.deepcopy(model), 0.95)
+    fit(oneshot, x, y, GRADUAL_RECIPE, seed=5)
+    assert out["gradual"] == score(gradual) and out["one-shot"] == score(oneshot)
+    assert out["gradual"] != out["one-shot"]
+    again = pruning.gradual_vs_one_shot(model, x, y, 0.95, GRADUAL_RECIPE, score, end_step=12, frequency=3, seed=5)
+    other = pruning.gradual_vs_one_shot(model, x, y, 0.95, GRADUAL_RECIPE, score, end_step=12, frequency=3, seed=6)
+    assert again == out and other["gradual"] != out["gradual"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"end_step": 25}, r"end_step must be an int in \(0, 24\]"),
+    ({"end_step": 8.0}, "end_step must be an int"),
+    ({"end_step": 8, "begin_step": 8}, "begin_step < end_step"),
+    ({"final_sparsity": 1.0}, r"final_sparsity must be a number in \[0, 1\)"),
+    ({"frequency": 0}, "frequency must be a positive int"),
+    ({"trace_every": -1}, "trace_every must be an int >= 0"),
+    ({"scope": "row"}, "scope"),
+])
+def test_gradual_vs_one_shot_rejects_bad_input(kwargs, match):
+    model = models.MLP((8,))
+    x, y = blobs(256)
+    args = {"final_sparsity": 0.5, "recipe": GRADUAL_RECIPE, "score": weight_sparsity, "end_step": 8, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        pruning.gradual_vs_one_shot(model, x, y, **args)

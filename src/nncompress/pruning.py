@@ -10,7 +10,8 @@ Three layers, as everywhere in the package:
   one call, and :func:`bake` turns them into plain weights;
 - training procedures built on :func:`nncompress.train.fit`: :func:`iterative_prune` (Han et al.),
   :func:`gradual_pruning` (Zhu and Gupta), and :func:`lottery_ticket` with :func:`rewind`
-  (Frankle and Carbin; Frankle et al.).
+  (Frankle and Carbin; Frankle et al.); and experiments that compare them and return plain
+  numbers: :func:`sparsity_sweep` and :func:`gradual_vs_one_shot`.
 
 :func:`remove_channels` physically deletes pruned units and channels from an MLP or a LeNet-5,
 giving a smaller dense model with the same outputs.
@@ -23,6 +24,7 @@ References: han2015learning, zhu2017prune, li2017pruning, frankle2019lottery, fr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .measure import count_nonzeros, count_params
 from .models import MLP, LeNet5
 from .train import Recipe, fit
 
@@ -55,6 +58,8 @@ __all__ = [
     "to_sparse",
     "iterative_prune",
     "gradual_pruning",
+    "sparsity_sweep",
+    "gradual_vs_one_shot",
     "rewind",
     "lottery_ticket",
 ]
@@ -478,6 +483,130 @@ def gradual_pruning(final_sparsity: float, begin_step: int, end_step: int, frequ
             prune_magnitude(model, s, layers=layers, scope=scope)
 
     return callback
+
+
+@contextlib.contextmanager
+def _dropout_rates(model: nn.Module, rates: Mapping[str, float]):
+    """Set the named ``nn.Dropout`` modules of ``model`` to the given rates, restoring them on exit."""
+    modules = {name: model.get_submodule(name) for name in rates}
+    saved = {name: m.p for name, m in modules.items()}
+    try:
+        for name, m in modules.items():
+            m.p = rates[name]
+        yield model
+    finally:
+        for name, m in modules.items():
+            m.p = saved[name]
+
+
+def _check_dropout(model: nn.Module, rates: Mapping[str, float]) -> None:
+    for name, p in rates.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            module = None
+        if not isinstance(module, nn.Dropout):
+            raise ValueError(f"dropout names {name!r}, which is not an nn.Dropout module of the model")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(f"dropout rate for {name!r} must be a number in [0, 1), got {p!r}")
+
+
+def sparsity_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sparsities: Sequence[float],
+                   recipe: Recipe, score: Callable[[nn.Module], float], seed: int = 0, scope: str = "layer",
+                   layers: Iterable[str] | None = None,
+                   dropout: Mapping[str, float] | None = None) -> dict[str, list[float]]:
+    """Score one-shot and iterative magnitude pruning of a trained ``model`` at each of ``sparsities``.
+
+    Three procedures, each pruning with :func:`prune_magnitude` (``scope``, ``layers``):
+
+    - ``"one-shot"``: a copy of ``model`` pruned to ``s``, not retrained;
+    - ``"one-shot + retrain"``: that copy, then retrained on ``(x, y)`` with ``recipe`` and ``seed``;
+    - ``"iterative"``: one copy carried through the whole sweep, pruned to each ``s`` in turn and
+      retrained after each cut, with ``recipe`` and ``seed`` (:func:`iterative_prune`, one round per
+      sparsity), as in Han et al.'s prune-and-retrain loop.
+
+    ``dropout`` maps names of ``nn.Dropout`` modules to the rate they use while retraining; their
+    own rates are restored afterwards. ``model`` itself is left unchanged.
+
+    Returns ``{procedure: [score(pruned model) for s in sparsities]}``, three lists of
+    ``len(sparsities)`` numbers, e.g. test errors when ``score`` is one.
+
+    Raises ValueError if ``sparsities`` is empty, not strictly increasing, or holds a value outside
+    [0, 1); if ``dropout`` names a module that is not an ``nn.Dropout`` or a rate outside [0, 1);
+    or for a bad ``scope`` or layer name, as :func:`prune_magnitude` does.
+
+    References: han2015learning
+    """
+    sparsities = [_check_sparsity(s, "each of sparsities") for s in sparsities]
+    if not sparsities or any(b <= a for a, b in zip(sparsities, sparsities[1:])):
+        raise ValueError(f"sparsities must be a non-empty, strictly increasing sequence, got {sparsities}")
+    if not callable(score):
+        raise TypeError(f"score must be a callable model -> float, got {type(score).__name__}")
+    dropout = dict(dropout or {})
+    _check_dropout(model, dropout)
+    layers = None if layers is None else list(layers)
+    curves: dict[str, list[float]] = {"one-shot": [], "one-shot + retrain": [], "iterative": []}
+    chain = copy.deepcopy(model)
+    for s in sparsities:
+        once = prune_magnitude(copy.deepcopy(model), s, layers=layers, scope=scope)
+        curves["one-shot"].append(score(once))
+        with _dropout_rates(once, dropout):
+            fit(once, x, y, recipe, seed=seed)
+        curves["one-shot + retrain"].append(score(once))
+        with _dropout_rates(chain, dropout):
+            iterative_prune(chain, x, y, [s], recipe, seed=seed, scope=scope, layers=layers)
+        curves["iterative"].append(score(chain))
+    return curves
+
+
+def gradual_vs_one_shot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, final_sparsity: float,
+                        recipe: Recipe, score: Callable[[nn.Module], float], end_step: int,
+                        begin_step: int = 0, frequency: int = 100, seed: int = 0, scope: str = "layer",
+                        layers: Iterable[str] | None = None, trace_every: int = 0) -> dict:
+    """Score gradual against one-shot magnitude pruning of a trained ``model``, with equal budgets.
+
+    Both procedures train a copy of ``model`` on ``(x, y)`` with ``recipe`` and ``seed``:
+
+    - ``"gradual"``: pruned during training by :func:`gradual_pruning` from step ``begin_step`` to
+      ``end_step`` (steps count from 1), every ``frequency`` steps, on Zhu and Gupta's cubic
+      schedule to ``final_sparsity``, and fine-tuned for the remaining steps;
+    - ``"one-shot"``: pruned to ``final_sparsity`` by :func:`prune_magnitude` before training,
+      then fine-tuned for the whole budget.
+
+    Returns ``{"gradual": score, "one-shot": score, "trace": [(step, sparsity), ...]}``, where
+    ``trace`` holds the gradual model's sparsity over *all* its parameters, biases included
+    (``1 - count_nonzeros / count_params``), after every ``trace_every``-th step; it is empty when
+    ``trace_every`` is 0. ``model`` itself is left unchanged.
+
+    Raises ValueError if ``final_sparsity`` is outside [0, 1), if ``begin_step < end_step`` fails,
+    if ``end_step`` exceeds the ``recipe.epochs * ceil(len(x) / recipe.batch_size)`` steps of
+    training, if ``frequency`` is not a positive int, if ``trace_every`` is not an int >= 0, or for
+    a bad ``scope`` or layer name, as :func:`prune_magnitude` does.
+
+    References: zhu2017prune
+    """
+    total_steps = recipe.epochs * -(-len(x) // recipe.batch_size)
+    if isinstance(end_step, bool) or not isinstance(end_step, int) or end_step > total_steps:
+        raise ValueError(f"end_step must be an int in ({begin_step}, {total_steps}] (the recipe's steps), "
+                         f"got {end_step!r}")
+    if isinstance(trace_every, bool) or not isinstance(trace_every, int) or trace_every < 0:
+        raise ValueError(f"trace_every must be an int >= 0 (0: no trace), got {trace_every!r}")
+    if not callable(score):
+        raise TypeError(f"score must be a callable model -> float, got {type(score).__name__}")
+    layers = None if layers is None else list(layers)
+    schedule = gradual_pruning(final_sparsity, begin_step, end_step, frequency, layers=layers, scope=scope)
+    oneshot = prune_magnitude(copy.deepcopy(model), final_sparsity, layers=layers, scope=scope)
+    trace: list[tuple[int, float]] = []
+
+    def step(s: int, m: nn.Module) -> None:
+        schedule(s, m)
+        if trace_every and s % trace_every == 0:
+            trace.append((s, 1 - count_nonzeros(m) / count_params(m)))
+
+    gradual = copy.deepcopy(model)
+    fit(gradual, x, y, recipe, seed=seed, on_step_end=step)
+    fit(oneshot, x, y, recipe, seed=seed)
+    return {"gradual": score(gradual), "one-shot": score(oneshot), "trace": trace}
 
 
 def rewind(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
