@@ -248,11 +248,14 @@ def cp_conv(conv: nn.Conv2d, rank: int, random_state: int = 0, n_iter_max: int =
         nn.Conv2d(rank, rank, (1, kw), stride=(1, sw), padding=(0, pw), groups=rank, bias=False),
         nn.Conv2d(rank, cout, 1, bias=conv.bias is not None),
     )
+    # spread each component's weight evenly over the four factors: with one factor carrying all of
+    # it, the factors' scales differ by orders of magnitude and fine-tuning diverges
+    root = weights.abs().pow(0.25)  # (R,)
     with torch.no_grad():
-        layers[0].weight.copy_(b.T[:, :, None, None])  # (R, Cin, 1, 1)
-        layers[1].weight.copy_(c.T[:, None, :, None])  # (R, 1, kh, 1)
-        layers[2].weight.copy_(d.T[:, None, None, :])  # (R, 1, 1, kw)
-        layers[3].weight.copy_((a * weights)[:, :, None, None])  # (Cout, R, 1, 1)
+        layers[0].weight.copy_((b * root).T[:, :, None, None])  # (R, Cin, 1, 1)
+        layers[1].weight.copy_((c * root).T[:, None, :, None])  # (R, 1, kh, 1)
+        layers[2].weight.copy_((d * root).T[:, None, None, :])  # (R, 1, 1, kw)
+        layers[3].weight.copy_((a * root * weights.sign())[:, :, None, None])  # (Cout, R, 1, 1)
         if conv.bias is not None:
             layers[3].bias.copy_(conv.bias)
     return layers
