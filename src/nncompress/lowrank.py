@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from .models import capture_features
+
 __all__ = [
     "svd_factors", "truncation_error", "energy_rank", "break_even_rank",
     "LowRankLinear", "factorize_linear", "factorize", "layer_inputs",
@@ -158,20 +160,13 @@ def factorize_linear(linear: nn.Linear, rank: int | None = None, energy: float |
 def layer_inputs(model: nn.Module, x: torch.Tensor, layers: Sequence[str], batch_size: int = 1000
                  ) -> dict[str, torch.Tensor]:
     """The inputs each named layer receives when ``model`` runs on ``x`` (flattened to ``(N, features)``)."""
-    modules = dict(model.named_modules())
-    missing = [name for name in layers if name not in modules]
-    if missing:
-        raise ValueError(f"layers {missing} not in model; it has {[n for n in modules if n]}")
     seen: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    hooks = [modules[name].register_forward_hook(lambda m, inp, out, name=name: seen[name].append(inp[0].flatten(1)))
-             for name in layers]
-    try:
+    with capture_features(model, layers, kind="input") as inputs, torch.no_grad():
         model.eval()
         for start in range(0, len(x), batch_size):
             model(x[start:start + batch_size])
-    finally:
-        for hook in hooks:
-            hook.remove()
+            for name in layers:
+                seen[name].append(inputs[name].flatten(1))
     return {name: torch.cat(values) for name, values in seen.items()}
 
 

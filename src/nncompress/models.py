@@ -8,12 +8,14 @@ References: lecun1998gradient, han2015learning, hinton2015distilling
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-__all__ = ["MLP", "LeNet5", "lenet_300_100", "lenet5", "hinton_teacher", "hinton_student", "MODELS", "build"]
+__all__ = ["MLP", "LeNet5", "lenet_300_100", "lenet5", "hinton_teacher", "hinton_student", "MODELS", "build",
+           "capture_features"]
 
 
 class MLP(nn.Module):
@@ -50,20 +52,24 @@ class LeNet5(nn.Module):
     """LeNet-5 as in Caffe's MNIST example, the variant Han et al. prune.
 
     conv 20@5x5 -> maxpool 2 -> conv 50@5x5 -> maxpool 2 -> fc 500 -> ReLU -> fc 10.
-    As in Caffe, there is no non-linearity after the convolutions (max-pooling is the only one).
+    As in Caffe, there is no non-linearity after the convolutions (max-pooling is the only one);
+    ``conv_relu=True`` adds a ReLU after each convolution, which makes thin variants train stably.
     """
 
-    def __init__(self, conv_channels: tuple[int, int] = (20, 50), hidden: int = 500, num_classes: int = 10):
+    def __init__(self, conv_channels: tuple[int, int] = (20, 50), hidden: int = 500, num_classes: int = 10,
+                 conv_relu: bool = False):
         super().__init__()
         c1, c2 = conv_channels
+        self.conv_relu = conv_relu
         self.conv1 = nn.Conv2d(1, c1, 5)  # (batch, c1, 24, 24)
         self.conv2 = nn.Conv2d(c1, c2, 5)  # (batch, c2, 8, 8)
         self.fc1 = nn.Linear(c2 * 4 * 4, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.max_pool2d(self.conv1(x), 2)  # (batch, c1, 12, 12)
-        x = nn.functional.max_pool2d(self.conv2(x), 2)  # (batch, c2, 4, 4)
+        act = torch.relu if self.conv_relu else (lambda t: t)
+        x = nn.functional.max_pool2d(act(self.conv1(x)), 2)  # (batch, c1, 12, 12)
+        x = nn.functional.max_pool2d(act(self.conv2(x)), 2)  # (batch, c2, 4, 4)
         x = torch.relu(self.fc1(x.flatten(1)))  # (batch, hidden)
         return self.fc2(x)  # (batch, 10)
 
@@ -103,3 +109,41 @@ def build(name: str) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model name {name!r}; known: {', '.join(sorted(MODELS))}")
     return MODELS[name]()
+
+
+@contextmanager
+def capture_features(model: nn.Module, layers: Sequence[str], kind: str = "output"
+                     ) -> Iterator[dict[str, torch.Tensor]]:
+    """Record what the named submodules of ``model`` receive or return, for as long as the block runs.
+
+    Yields a dictionary that each forward pass of ``model`` refills: ``features[name]`` is the
+    latest ``kind`` (``"output"`` or ``"input"``, the first positional input) of layer ``name``.
+    The forward hooks are removed when the block exits, also when it raises. Tensors are kept
+    as computed, attached to the autograd graph, so that losses on them train the model.
+
+    Raises ValueError for a ``kind`` other than ``"input"``/``"output"`` or a layer name the model
+    does not have.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if kind not in ("input", "output"):
+        raise ValueError(f"kind must be 'input' or 'output', got {kind!r}")
+    if isinstance(layers, str):
+        raise TypeError("layers must be a sequence of layer names, not a single str")
+    modules = dict(model.named_modules())
+    missing = [name for name in layers if name not in modules]
+    if missing:
+        raise ValueError(f"layers {missing} not in model; it has {[n for n in modules if n]}")
+    features: dict[str, torch.Tensor] = {}
+
+    def record(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            features[name] = inputs[0] if kind == "input" else output
+        return hook
+
+    handles = [modules[name].register_forward_hook(record(name)) for name in dict.fromkeys(layers)]
+    try:
+        yield features
+    finally:
+        for handle in handles:
+            handle.remove()
