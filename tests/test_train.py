@@ -128,14 +128,18 @@ def test_store_rejects_unknown_names():
 
 SHIPPED = sorted(train.SHIPPED_DIR.glob("*.pt"))
 HAVE_MNIST = (data.data_dir() / "mnist").is_dir()
-LIMITS = {"lenet300_100": 0.018, "lenet5": 0.010}  # the book's baseline targets (test error)
+LIMITS = {"lenet300_100": 0.018, "lenet5": 0.010, "hinton_teacher": 0.012}  # test-error targets
+# Hinton et al.'s teacher takes about 15 minutes to train on 2 cores: too long to retrain in CI.
+RETRAINED = [p for p in SHIPPED if not p.name.startswith("hinton_teacher")]
 
 
-def test_shipped_checkpoints_exist_and_are_small():
+def test_shipped_checkpoints_exist_and_are_no_larger_than_their_weights():
     names = {p.name for p in SHIPPED}
-    assert {"lenet300_100-default-seed0.pt", "lenet5-default-seed0.pt"} <= names
+    assert {"lenet300_100-default-seed0.pt", "lenet5-default-seed0.pt", "hinton_teacher-default-seed0.pt"} <= names
     for path in SHIPPED:
-        assert path.stat().st_size <= 2_000_000, path
+        name = torch.load(path, weights_only=True)["model"]
+        weights = 4 * sum(p.numel() for p in models.build(name).parameters())
+        assert path.stat().st_size <= weights + 20_000, path  # fp32 weights plus a small header
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -159,7 +163,7 @@ def test_shipped_checkpoint_reaches_its_recorded_error(path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_MNIST, reason="full MNIST not in the data directory")
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", RETRAINED, ids=lambda p: p.name)
 def test_script_reproduces_shipped_accuracy(path):
     """Retrain with the script's function: the test error must agree within 0.1 point."""
     shipped = torch.load(path, weights_only=True)

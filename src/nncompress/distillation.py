@@ -360,6 +360,8 @@ def _forward(model: nn.Module, features: dict[str, torch.Tensor], x: torch.Tenso
 def teacher_signals(teacher: nn.Module, terms: Sequence[Term], x: torch.Tensor, batch_size: int = 1000
                     ) -> list[torch.Tensor | None]:
     """Each term's :meth:`Term.signal` over all of ``x``, computed in batches with ``teacher`` in eval mode."""
+    if not any(term.needs_teacher for term in terms):
+        return [None] * len(terms)
     layers = [name for term in terms for name in term.teacher_layers]
     teacher.eval()
     chunks: list[list[torch.Tensor]] = [[] for _ in terms]

@@ -100,7 +100,7 @@ class Recipe:
 RECIPES: dict[str, dict[str, Recipe]] = {
     "lenet300_100": {"default": Recipe(epochs=30, lr=0.05, weight_decay=1e-4)},
     "lenet5": {"default": Recipe(epochs=12, lr=0.05, weight_decay=5e-4)},
-    "hinton_teacher": {"default": Recipe(epochs=30, lr=0.05, weight_decay=0.0, jitter=2)},
+    "hinton_teacher": {"default": Recipe(epochs=60, lr=0.05, weight_decay=0.0, jitter=2)},
     "hinton_student": {"default": Recipe(epochs=30, lr=0.05, weight_decay=0.0)},
 }
 
