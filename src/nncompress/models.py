@@ -13,9 +13,10 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 __all__ = ["MLP", "LeNet5", "lenet_300_100", "lenet5", "hinton_teacher", "hinton_student", "MODELS", "build",
-           "capture_features"]
+           "capture_features", "own_class"]
 
 
 class MLP(nn.Module):
@@ -109,6 +110,20 @@ def build(name: str) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model name {name!r}; known: {', '.join(sorted(MODELS))}")
     return MODELS[name]()
+
+
+def own_class(module: nn.Module) -> None:
+    """Give a parametrized ``module`` a class of its own before its parametrizations change.
+
+    ``torch.nn.utils.parametrize`` stores parametrized tensors as properties of a class it creates
+    per module, and ``copy.deepcopy`` shares that class between original and copy. Registering or
+    removing a parametrization edits the class, so without this a change to a copy would break the
+    original.
+    """
+    if parametrize.is_parametrized(module):
+        cls = module.__class__
+        module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+
 
 
 @contextmanager

@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .measure import count_nonzeros, count_params
-from .models import MLP, LeNet5
+from .models import MLP, LeNet5, own_class
 from .train import Recipe, fit
 
 __all__ = [
@@ -206,19 +206,6 @@ def _mask_parametrization(module: nn.Module, tensor_name: str) -> Mask | None:
     return None
 
 
-def _own_class(module: nn.Module) -> None:
-    """Give a parametrized ``module`` a class of its own before its parametrizations change.
-
-    ``torch.nn.utils.parametrize`` stores parametrized tensors as properties of a class it creates
-    per module, and ``copy.deepcopy`` shares that class between original and copy. Registering or
-    removing a parametrization edits the class, so without this a change to a copy would break the
-    original.
-    """
-    if parametrize.is_parametrized(module):
-        cls = module.__class__
-        module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-
-
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
     """Attach ``masks`` (keyed ``"<layer>.weight"`` or ``"<layer>.bias"``) to ``model`` in place.
 
@@ -241,7 +228,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
         if existing is not None:
             existing.mask.mul_(mask.to(existing.mask))
         else:
-            _own_class(module)
+            own_class(module)
             parametrize.register_parametrization(module, tensor_name, Mask(mask))
     return model
 
@@ -317,7 +304,7 @@ def bake(model: nn.Module) -> nn.Module:
     for module in prunable_layers(model).values():
         for tensor_name in ("weight", "bias"):
             if _mask_parametrization(module, tensor_name) is not None:
-                _own_class(module)
+                own_class(module)
                 parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
     return model
 
