@@ -165,6 +165,20 @@ def test_save_load_round_trips_bitwise(tmp_path, huffman, index_bits):
     assert S.shared_layers(model) and model.fc1.weight.shape == (32, 784)  # saving left the model intact
 
 
+@pytest.mark.parametrize("huffman", [True, False])
+def test_dense_shared_layers_need_no_indices(tmp_path, huffman):
+    torch.manual_seed(1)
+    dense = S.apply_sharing(MLP((32, 16)), 2)  # every weight has a code
+    size = S.save(dense, tmp_path / "d", huffman=huffman)
+    restored = S.load(tmp_path / "d", MLP((32, 16)))
+    want = S.bake(copy.deepcopy(dense)).state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in restored.state_dict().items())
+    weights = sum(m.weight.numel() for m in (dense.fc1, dense.fc2, dense.fc3))
+    biases = sum(m.bias.numel() for m in (dense.fc1, dense.fc2, dense.fc3))
+    if not huffman:  # 2 bits per weight, float32 biases and codebooks, and a header
+        assert 0 < size - (weights * 2 // 8 + 4 * biases + 3 * 4 * 4) < 1500
+
+
 def test_save_also_stores_pruned_and_convolutional_models(tmp_path):
     torch.manual_seed(0)
     model = LeNet5((4, 6), hidden=16)

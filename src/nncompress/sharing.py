@@ -364,7 +364,8 @@ def save(model: nn.Module, path: str | os.PathLike, index_bits: int = 5, huffman
 
     - A shared layer's weight (see :func:`apply_sharing`) is stored as its float32 codebook plus
       one code per non-zero, in Deep Compression's relative-index form (:func:`coding.relative_encode`
-      with ``index_bits``-bit gaps and filler zeros).
+      with ``index_bits``-bit gaps and filler zeros); a shared layer without zeros needs no indices
+      and stores one code per weight.
     - Any other float tensor that is at least half zeros (a pruned weight) is stored the same way,
       with its non-zero values kept as float32.
     - Everything else is stored raw.
@@ -388,7 +389,10 @@ def save(model: nn.Module, path: str | os.PathLike, index_bits: int = 5, huffman
             k = len(p.codebook)
             flat = torch.where(p.mask, p.codes + 1, torch.zeros((), dtype=torch.int64)).reshape(-1)  # 0: zero
             entry |= {"kind": "shared", "codebook": blobs.add(p.codebook.detach().float().numpy().tobytes())}
-            entry |= _sparse_entry(flat, index_bits, max(1, int(k).bit_length()), huffman, blobs)
+            if bool(p.mask.all()):  # no pruned weight: one code per weight, no indices
+                entry |= {"dense": _encode_stream(p.codes.reshape(-1), max(1, (k - 1).bit_length()), huffman, blobs)}
+            else:
+                entry |= _sparse_entry(flat, index_bits, max(1, int(k).bit_length()), huffman, blobs)
         elif tensor.is_floating_point() and tensor.numel() >= 16 and (tensor == 0).float().mean() >= 0.5:
             flat = tensor.reshape(-1)
             alive = flat != 0
@@ -440,6 +444,11 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         if entry["kind"] == "raw":
             start, length = entry["blob"]
             state[entry["name"]] = _tensor(payload[start:start + length], entry["dtype"], shape)
+            continue
+        if "dense" in entry:
+            start, length = entry["codebook"]
+            codebook = _tensor(payload[start:start + length], "float32", [-1])
+            state[entry["name"]] = codebook[_decode_stream(entry["dense"], n, payload)].reshape(shape)
             continue
         gaps = _decode_stream(entry["gaps"], entry["entries"], payload)
         values = _decode_stream(entry["values"], entry["entries"], payload)
