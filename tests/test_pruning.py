@@ -1,14 +1,16 @@
 """Pruning against torch.nn.utils.prune, and the properties masks and removal must guarantee."""
 
 import copy
+import dataclasses
 import math
 
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
-from nncompress import measure, models, pruning
+from nncompress import data, measure, models, pruning, train
 from nncompress.train import Recipe, fit
 
 
@@ -415,3 +417,94 @@ def test_gradual_vs_one_shot_rejects_bad_input(kwargs, match):
     args = {"final_sparsity": 0.5, "recipe": GRADUAL_RECIPE, "score": weight_sparsity, "end_step": 8, **kwargs}
     with pytest.raises(ValueError, match=match):
         pruning.gradual_vs_one_shot(model, x, y, **args)
+
+
+# --------------------------------------------------------------------------- the pruned store
+
+@pytest.fixture
+def tiny_pruned_store(tmp_path, monkeypatch):
+    """A store with no shipped files, tiny baseline and pruning recipes, and synthetic data."""
+    monkeypatch.setenv(train.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(train, "SHIPPED_DIR", tmp_path / "shipped")
+    monkeypatch.setitem(train.RECIPES, "lenet300_100", {"tiny": Recipe(epochs=1, lr=0.05)})
+    spec = pruning.PruneRecipe({"fc1": 0.9, "fc3": 0.5}, Recipe(epochs=1, lr=1e-3, optimizer="adam"),
+                               fractions=(0.5, 1.0), baseline="tiny")
+    monkeypatch.setitem(pruning.PRUNED, "lenet300_100", {"tiny": spec})
+    x, y = blobs(300)
+    return data.MNIST(x[:200], y[:200], x[200:250], y[200:250], x[250:], y[250:])
+
+
+def test_pruned_store_prunes_once_then_loads_from_cache(tiny_pruned_store, tmp_path):
+    model = pruning.pruned_baseline("lenet300_100", "tiny", seed=1, data=tiny_pruned_store)
+    path = tmp_path / "cache" / "lenet300_100-pruned_tiny-seed1.pt"
+    assert path.exists() and (tmp_path / "cache" / "lenet300_100-tiny-seed1.pt").exists()  # baseline too
+    checkpoint = torch.load(path, weights_only=True)
+    sparsity = pruning.layer_sparsity(model)
+    assert checkpoint["layer_sparsity"] == sparsity
+    assert sparsity["fc1"] == pytest.approx(0.9, abs=1e-4) and sparsity["fc3"] == pytest.approx(0.5, abs=1e-3)
+    assert sparsity["fc2"] == 0.0 and not parametrize.is_parametrized(model.fc1)
+    stamp = path.stat().st_mtime_ns
+    again = pruning.pruned_baseline("lenet300_100", "tiny", seed=1, data=tiny_pruned_store)
+    assert path.stat().st_mtime_ns == stamp  # loaded, not pruned again
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_make_pruned_is_iterative_prune_from_the_baseline(tiny_pruned_store):
+    made = pruning.make_pruned("lenet300_100", "tiny", seed=0, data=tiny_pruned_store)
+    model = train.baseline("lenet300_100", "tiny", seed=0, data=tiny_pruned_store)
+    spec = pruning.PRUNED["lenet300_100"]["tiny"]
+    assert spec.schedule() == [{"fc1": 0.45, "fc3": 0.25}, {"fc1": 0.9, "fc3": 0.5}]
+    pruning.bake(pruning.iterative_prune(model, tiny_pruned_store.train_x, tiny_pruned_store.train_y,
+                                         spec.schedule(), spec.retrain, seed=0))
+    for key, value in model.state_dict().items():
+        assert torch.equal(made["state_dict"][key], value), key
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(sparsity={}), "at least one layer"),
+    (dict(sparsity={"fc1": 1.2}), r"sparsity\['fc1'\]"),
+    (dict(fractions=(0.5, 0.9)), "end with 1"),
+    (dict(fractions=(0.0, 1.0)), "fractions"),
+])
+def test_prune_recipe_rejects_bad_values(kwargs, match):
+    args = dict(sparsity={"fc1": 0.5}, retrain=Recipe(epochs=1, lr=0.1)) | kwargs
+    with pytest.raises(ValueError, match=match):
+        pruning.PruneRecipe(**args)
+
+
+def test_unknown_pruning_recipe_is_rejected():
+    with pytest.raises(ValueError, match="unknown pruning recipe 'fast'"):
+        pruning.pruned_info("lenet5", "fast")
+
+
+SHIPPED_PRUNED = sorted(train.SHIPPED_DIR.glob("*-pruned_*.pt"))
+PRUNED_LIMITS = {"lenet300_100": 0.016, "lenet5": 0.009}  # test-error targets (Han et al.: 1.59 %, 0.77 %)
+
+
+def test_pruned_checkpoints_are_shipped_for_both_lenets():
+    assert {p.name for p in SHIPPED_PRUNED} >= {"lenet300_100-pruned_han-seed0.pt", "lenet5-pruned_han-seed0.pt"}
+
+
+@pytest.mark.parametrize("path", SHIPPED_PRUNED, ids=lambda p: p.name)
+def test_shipped_pruned_checkpoint_matches_its_recipe(path):
+    checkpoint = torch.load(path, weights_only=True)
+    name, recipe = checkpoint["model"], checkpoint["recipe_name"]
+    spec = pruning.PRUNED[name][recipe]
+    assert checkpoint["recipe"] == dataclasses.asdict(spec)
+    assert checkpoint["test_error"] <= PRUNED_LIMITS[name]
+    model = models.build(name)
+    model.load_state_dict(checkpoint["state_dict"])  # strict: plain weights, no masks
+    sparsity = pruning.layer_sparsity(model)
+    assert sparsity == checkpoint["layer_sparsity"]
+    for layer, target in spec.sparsity.items():
+        assert sparsity[layer] == pytest.approx(target, abs=1e-3), layer
+
+
+@pytest.mark.skipif(not (data.data_dir() / "mnist").is_dir(), reason="full MNIST not in the data directory")
+@pytest.mark.parametrize("path", SHIPPED_PRUNED, ids=lambda p: p.name)
+def test_shipped_pruned_checkpoint_reaches_its_recorded_error(path):
+    checkpoint = torch.load(path, weights_only=True)
+    mnist = data.load_mnist()
+    model = pruning.pruned_baseline(checkpoint["model"], checkpoint["recipe_name"], checkpoint["seed"])
+    assert 1 - train.evaluate(model, mnist.test_x, mnist.test_y) == pytest.approx(checkpoint["test_error"], abs=1e-6)

@@ -218,3 +218,102 @@ def test_truncated_or_corrupted_files_are_rejected_and_nothing_is_loaded(tmp_pat
         with pytest.raises(S.CorruptFileError, match="checksum|version|magic"):
             S.load(path, target)
     assert all(torch.equal(v, untouched[k]) for k, v in target.state_dict().items())
+
+
+# --------------------------------------------------------------------------- equal-budget MLPs
+
+WEIGHTS = 784 * 1000 + 1000 * 10  # weights (not biases) of the dense 784-1000-10 network
+
+
+def weights_of(model):
+    """Trainable numbers outside biases: a hashed layer's buckets, both low-rank factors, the
+    surviving (unmasked) entries of a randomly pruned layer."""
+    from nncompress.pruning import masks_of
+
+    masks = masks_of(model)
+    total = 0
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            continue
+        key = name.replace(".parametrizations.weight.original", ".weight")
+        total += int(masks[key].sum()) if key in masks else p.numel()
+    return total
+
+
+@pytest.mark.parametrize("factor", [1 / 8, 1 / 64])
+@pytest.mark.parametrize("method", ["hashed", "lowrank", "random_edges", "small"])
+def test_budget_mlps_fit_the_budget_and_use_most_of_it(method, factor):
+    model = S.budget_mlp(method, factor)
+    used = weights_of(model)
+    assert 0.85 * factor * WEIGHTS <= used <= factor * WEIGHTS + 1, used
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_budget_mlp_parts_are_what_they_claim():
+    hashed = S.budget_mlp("hashed", 1 / 8)
+    assert isinstance(hashed.fc1, S.HashedLinear) and hashed.fc1.buckets == 98_000 and hashed.fc2.buckets == 1_250
+    assert sum(p.numel() for p in hashed.parameters()) == 98_000 + 1_250 + 1_010  # buckets + biases
+    low = S.budget_mlp("lowrank", 1 / 64)
+    assert (low.fc1.rank, low.fc2.rank) == (4, 4)  # 794,000 / 64 // (1784 + 1010) = 4
+    assert S.budget_mlp("lowrank", 1 / 8).fc1.rank == 35
+    random = S.budget_mlp("random_edges", 1 / 8)
+    assert int(random.fc1.weight.count_nonzero()) == 98_000
+    assert S.budget_mlp("small", 1 / 64).hidden == (15,)
+    assert sum(p.numel() for p in S.budget_mlp("dense").parameters()) == WEIGHTS + 1_010
+
+
+def test_budget_mlp_is_deterministic_for_a_seed():
+    for method in S.BUDGET_METHODS:
+        a, b = S.budget_mlp(method, 1 / 8, seed=3), S.budget_mlp(method, 1 / 8, seed=3)
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), (method, name)
+    assert not torch.equal(S.budget_mlp("hashed", 1 / 8, seed=3).fc1.index, S.budget_mlp("hashed", 1 / 8, seed=4).fc1.index)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="pruned"), "method must be one of"),
+    (dict(method="hashed", factor=0), r"factor must be a number in \(0, 1\]"),
+    (dict(method="hashed", factor=1.5), r"factor must be a number in \(0, 1\]"),
+    (dict(method="hashed", hidden=0), "hidden must be a positive int"),
+])
+def test_budget_mlp_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        S.budget_mlp(**kwargs)
+
+
+def test_file_bytes_is_the_size_of_the_saved_file(tmp_path):
+    model = S.apply_sharing(MLP((32,)), 3)
+    assert S.file_bytes(model, index_bits=4) == S.save(model, tmp_path / "m", index_bits=4) == (tmp_path / "m").stat().st_size
+
+
+def test_code_streams_are_what_save_codes(tmp_path):
+    from nncompress import coding
+
+    model = MLP((64,))
+    with torch.no_grad():
+        model.fc1.weight[:, ::3] = 0  # a pruned layer: relative indices
+    model = S.apply_sharing(model, 3)
+    streams = S.code_streams(model, index_bits=3)
+    assert set(streams["fc1"]) == {"gaps", "values"} and set(streams["fc2"]) == {"codes"}
+    layer = S.shared_layers(model)["fc1"]
+    flat = coding.relative_decode(streams["fc1"]["gaps"], streams["fc1"]["values"], layer.codes.numel())
+    assert torch.equal(flat, torch.where(layer.mask, layer.codes + 1, 0).reshape(-1))
+    # the Huffman-coded file holds exactly the streams' Huffman bits (plus header, codebooks, biases)
+    bits = sum(coding.HuffmanCode.from_symbols(s).mean_length(coding.symbol_counts(s)) * len(s)
+               for layer_streams in streams.values() for s in layer_streams.values())
+    packed = S.save(model, tmp_path / "packed", index_bits=3, huffman=False)
+    coded = S.save(model, tmp_path / "coded", index_bits=3)
+    assert coded < packed and coded >= bits / 8
+    with pytest.raises(ValueError, match=r"index_bits must be an int in \[1, 16\]"):
+        S.code_streams(model, index_bits=0)
+
+
+def test_hashed_gradient_sums_each_buckets_entries():
+    layer = S.HashedLinear(7, 5, 6, seed=2).double()
+    x = torch.randn(4, 7, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda w: nn.functional.linear(x, S._HashedGather.apply(w, layer.index, layer.sign.double())),
+                                    (layer.weight.detach().clone().requires_grad_(),))
+    layer(x).pow(2).sum().backward()
+    reference = layer.weight.detach().clone().requires_grad_()
+    nn.functional.linear(x, layer.sign.double() * reference[layer.index], layer.bias).pow(2).sum().backward()
+    assert torch.allclose(layer.weight.grad, reference.grad)

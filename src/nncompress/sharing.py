@@ -37,7 +37,7 @@ from .models import own_class
 
 __all__ = [
     "INITS", "init_centroids", "kmeans", "SharedWeight", "apply_sharing", "shared_layers", "bake",
-    "hash_indices", "HashedLinear", "tie_weights", "save", "load", "CorruptFileError",
+    "hash_indices", "HashedLinear", "BUDGET_METHODS", "budget_mlp", "tie_weights", "save", "load", "file_bytes", "code_streams", "CorruptFileError",
 ]
 
 INITS = ("linear", "density", "random")
@@ -266,6 +266,23 @@ def hash_indices(shape: Sequence[int], buckets: int, seed: int = 0) -> tuple[tor
     return torch.from_numpy(index).reshape(tuple(shape)), torch.from_numpy(sign).reshape(tuple(shape))
 
 
+class _HashedGather(torch.autograd.Function):
+    """``sign * weight[index]``, whose backward adds each entry's gradient into its bucket with
+    ``index_add_``: the same gradient as autograd's indexing, about three times faster on CPU."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, index: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index, sign)
+        ctx.buckets = weight.shape[0]
+        return sign * weight[index]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        index, sign = ctx.saved_tensors
+        flat = (grad * sign).reshape(-1)
+        return torch.zeros(ctx.buckets, dtype=grad.dtype).index_add_(0, index.reshape(-1), flat), None, None
+
+
 class HashedLinear(nn.Module):
     """A Linear layer whose ``(out, in)`` virtual weight is hashed into ``buckets`` shared values.
 
@@ -287,13 +304,70 @@ class HashedLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound)) if bias else None
 
     def virtual_weight(self) -> torch.Tensor:
-        return self.sign * self.weight[self.index]  # (out, in)
+        """The ``(out, in)`` weight ``sign * weight[index]``; its gradient sums into the buckets."""
+        return _HashedGather.apply(self.weight, self.index, self.sign.to(self.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.virtual_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, buckets={self.buckets}, seed={self.seed}"
+
+
+BUDGET_METHODS = ("dense", "hashed", "lowrank", "random_edges", "small")
+
+
+def budget_mlp(method: str, factor: float = 1.0, hidden: int = 1000, seed: int = 0) -> nn.Module:
+    """An untrained ``784 -> hidden -> 10`` ReLU MLP whose weights fit ``factor`` of the dense
+    network's, built the way Chen et al. compare HashedNets with other compressions:
+
+    - ``"dense"``: the full network (``factor`` is ignored);
+    - ``"hashed"``: both layers are :class:`HashedLinear` with ``round(factor * in * out)`` buckets;
+    - ``"lowrank"``: both layers are products of two factors (``lowrank.LowRankLinear``) of one
+      rank, the largest that fits the budget (at least 1). A rank below 10 in the output layer is a
+      bottleneck of its own, so a rank per layer in proportion to its size would starve it;
+    - ``"random_edges"``: each layer keeps ``round(factor * in * out)`` randomly chosen weights
+      (fixed pruning masks, ``pruning.apply_masks``), trained as usual;
+    - ``"small"``: a dense network whose hidden layer is narrowed to fit the budget.
+
+    Biases (at most ``hidden + 10``) are not counted in the budget. The model is built from a
+    fixed seed: the same arguments give the same initial weights and hashes.
+
+    References: chen2015compressing
+    """
+    from . import lowrank, pruning
+    from .models import MLP
+
+    if method not in BUDGET_METHODS:
+        raise ValueError(f"method must be one of {BUDGET_METHODS}, got {method!r}")
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+        raise ValueError(f"factor must be a number in (0, 1], got {factor!r}")
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        raise ValueError(f"hidden must be a positive int, got {hidden!r}")
+    generator = torch.manual_seed(seed)
+    sizes = [(784, hidden), (hidden, 10)]  # (in, out) of fc1 and fc2
+    if method == "small":
+        return MLP((max(1, int(factor * hidden)),))
+    model = MLP((hidden,))
+    if method == "dense":
+        return model
+    rank_for_all = max(1, int(factor * sum(i * o for i, o in sizes) // sum(i + o for i, o in sizes)))
+    for i, (n_in, n_out) in enumerate(sizes, start=1):
+        share = factor * n_in * n_out  # this layer's part of the budget
+        if method == "hashed":
+            layer = HashedLinear(n_in, n_out, max(1, round(share)), seed=seed + i)
+        elif method == "lowrank":
+            rank = rank_for_all
+            layer = lowrank.LowRankLinear(torch.empty(n_out, rank), torch.empty(rank, n_in), torch.empty(n_out))
+            layer.down.reset_parameters(), layer.up.reset_parameters()
+        else:
+            keep = torch.randperm(n_in * n_out, generator=generator)[: max(1, round(share))]
+            mask = torch.zeros(n_out * n_in, dtype=torch.bool)
+            mask[keep] = True
+            pruning.apply_masks(model, {f"fc{i}.weight": mask.reshape(n_out, n_in)})
+            continue
+        setattr(model, f"fc{i}", layer)
+    return model
 
 
 def tie_weights(model: nn.Module, layers: Sequence[str]) -> nn.Module:
@@ -339,7 +413,9 @@ def _encode_stream(symbols: torch.Tensor, bits: int, huffman: bool, blobs: _Blob
     if huffman and symbols.numel():
         code = coding.HuffmanCode.from_symbols(symbols)
         data, nbits = code.encode(symbols)
-        return {"huffman": [[s, n] for s, n in code.lengths.items()], "blob": blobs.add(data)}
+        table = np.zeros(max(code.lengths) + 1, dtype=np.uint8)  # canonical code: the lengths suffice
+        table[list(code.lengths)] = list(code.lengths.values())
+        return {"huffman": blobs.add(table.tobytes()), "blob": blobs.add(data)}
     return {"bits": bits, "blob": blobs.add(coding.pack_bits(symbols, bits).numpy().tobytes())}
 
 
@@ -347,16 +423,38 @@ def _decode_stream(entry: dict, count: int, payload: bytes) -> torch.Tensor:
     start, length = entry["blob"]
     data = payload[start:start + length]
     if "huffman" in entry:
-        return coding.HuffmanCode({int(s): int(n) for s, n in entry["huffman"]}).decode(data, count)
+        start, length = entry["huffman"]
+        table = payload[start:start + length]  # one code length per symbol, 0 for absent symbols
+        return coding.HuffmanCode({s: n for s, n in enumerate(table) if n}).decode(data, count)
     packed = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
     return coding.unpack_bits(packed, entry["bits"], count)
 
 
-def _sparse_entry(flat_codes: torch.Tensor, index_bits: int, value_bits: int, huffman: bool, blobs: _Blobs) -> dict:
-    gaps, values = coding.relative_encode(flat_codes, index_bits)
+def _sparse_entry(gaps: torch.Tensor, values: torch.Tensor, index_bits: int, value_bits: int, huffman: bool,
+                  blobs: _Blobs) -> dict:
     return {"index_bits": index_bits, "entries": len(values),
             "gaps": _encode_stream(gaps, index_bits, huffman, blobs),
             "values": _encode_stream(values, value_bits, huffman, blobs)}
+
+
+def _shared_streams(p: SharedWeight, index_bits: int) -> dict[str, torch.Tensor]:
+    """The symbol streams :func:`save` writes for one shared layer: ``{"codes"}`` when nothing is
+    pruned, else relative-index ``{"gaps", "values"}``, where value 0 is a filler or pruned entry
+    and value ``c + 1`` is centroid ``c``."""
+    if bool(p.mask.all()):
+        return {"codes": p.codes.reshape(-1)}
+    flat = torch.where(p.mask, p.codes + 1, torch.zeros((), dtype=torch.int64)).reshape(-1)
+    gaps, values = coding.relative_encode(flat, index_bits)
+    return {"gaps": gaps, "values": values}
+
+
+def code_streams(model: nn.Module, index_bits: int = 5) -> dict[str, dict[str, torch.Tensor]]:
+    """The integer symbol streams that :func:`save` codes for each shared layer of ``model``, by
+    layer name: ``{"codes": ...}`` for a layer without pruned weights, else ``{"gaps": ...,
+    "values": ...}`` (Deep Compression's relative indices). Use it to compare a stream's entropy
+    with its Huffman code's mean length."""
+    index_bits = _check_bits(index_bits, "index_bits")
+    return {name: _shared_streams(p, index_bits) for name, p in shared_layers(model).items()}
 
 
 def save(model: nn.Module, path: str | os.PathLike, index_bits: int = 5, huffman: bool = True) -> int:
@@ -371,6 +469,7 @@ def save(model: nn.Module, path: str | os.PathLike, index_bits: int = 5, huffman
     - Everything else is stored raw.
 
     With ``huffman`` the gap and code streams are Huffman-coded (:class:`coding.HuffmanCode`),
+    each preceded by its canonical code's table of lengths (one byte per symbol up to the largest),
     otherwise bit-packed at fixed width. The file is ``MAGIC, version, header length, JSON
     header, payload, SHA-256 of all that precedes``: every byte of it, headers and codebooks
     included, counts in the returned size.
@@ -387,17 +486,19 @@ def save(model: nn.Module, path: str | os.PathLike, index_bits: int = 5, huffman
         if key.endswith(".weight") and layer in shared:
             p = shared[layer]
             k = len(p.codebook)
-            flat = torch.where(p.mask, p.codes + 1, torch.zeros((), dtype=torch.int64)).reshape(-1)  # 0: zero
+            streams = _shared_streams(p, index_bits)
             entry |= {"kind": "shared", "codebook": blobs.add(p.codebook.detach().float().numpy().tobytes())}
-            if bool(p.mask.all()):  # no pruned weight: one code per weight, no indices
-                entry |= {"dense": _encode_stream(p.codes.reshape(-1), max(1, (k - 1).bit_length()), huffman, blobs)}
+            if "codes" in streams:  # no pruned weight: one code per weight, no indices
+                entry |= {"dense": _encode_stream(streams["codes"], max(1, (k - 1).bit_length()), huffman, blobs)}
             else:
-                entry |= _sparse_entry(flat, index_bits, max(1, int(k).bit_length()), huffman, blobs)
+                entry |= _sparse_entry(streams["gaps"], streams["values"], index_bits, max(1, int(k).bit_length()),
+                                       huffman, blobs)
         elif tensor.is_floating_point() and tensor.numel() >= 16 and (tensor == 0).float().mean() >= 0.5:
             flat = tensor.reshape(-1)
             alive = flat != 0
             entry |= {"kind": "sparse", "values_raw": blobs.add(flat[alive].float().numpy().tobytes())}
-            entry |= _sparse_entry(alive.to(torch.int64), index_bits, 1, huffman, blobs)
+            entry |= _sparse_entry(*coding.relative_encode(alive.to(torch.int64), index_bits), index_bits, 1, huffman,
+                                   blobs)
         else:
             entry |= {"kind": "raw", "blob": blobs.add(tensor.contiguous().numpy().tobytes())}
         tensors.append(entry)
@@ -409,6 +510,15 @@ def save(model: nn.Module, path: str | os.PathLike, index_bits: int = 5, huffman
         f.write(data)
     os.replace(tmp, path)
     return len(data)
+
+
+def file_bytes(model: nn.Module, index_bits: int = 5, huffman: bool = True) -> int:
+    """The size in bytes of the file :func:`save` writes for ``model`` (written to a temporary
+    folder and removed): pass it as ``nbytes`` to :func:`nncompress.measure.profile`."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        return save(model, os.path.join(folder, "model.nncz"), index_bits=index_bits, huffman=huffman)
 
 
 def _read_checked(path: str | os.PathLike) -> tuple[dict, bytes]:

@@ -42,8 +42,10 @@ __all__ = [
     "train_baseline",
     "baseline",
     "baseline_info",
+    "stored",
     "cache_dir",
     "checkpoint_filename",
+    "checkpoint_record",
     "write_checkpoint",
 ]
 
@@ -245,11 +247,18 @@ def train_baseline(name: str, recipe: str = "default", seed: int = 0, data: MNIS
     model = models.build(name)
     start = time.perf_counter()
     fit(model, data.train_x, data.train_y, spec, seed=seed, progress=progress)
-    seconds = time.perf_counter() - start
+    return checkpoint_record(model, name, recipe, spec, seed, data, time.perf_counter() - start)
+
+
+def checkpoint_record(model: nn.Module, name: str, recipe_name: str, spec, seed: int, data: MNIST,
+                      seconds: float, **extra) -> dict:
+    """The checkpoint dictionary of a trained ``model``: a copy of its ``state_dict``, the model and
+    recipe names, the recipe's fields (``spec``, a dataclass), ``seed``, the validation and test
+    errors on ``data``, the training ``seconds``, thread count and torch version, and ``extra``."""
     return {
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "model": name,
-        "recipe_name": recipe,
+        "recipe_name": recipe_name,
         "recipe": dataclasses.asdict(spec),
         "seed": seed,
         "val_error": 1.0 - evaluate(model, data.val_x, data.val_y),
@@ -257,6 +266,7 @@ def train_baseline(name: str, recipe: str = "default", seed: int = 0, data: MNIS
         "train_seconds": seconds,
         "threads": torch.get_num_threads(),
         "torch": str(torch.__version__),
+        **extra,
     }
 
 
@@ -274,22 +284,19 @@ def write_checkpoint(checkpoint: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def baseline_info(name: str, recipe: str = "default", seed: int = 0, data: MNIST | None = None,
-                  progress: bool = False) -> dict:
-    """The checkpoint dictionary of baseline ``(name, recipe, seed)``, training it if needed.
+def stored(filename: str, spec: dict, make: Callable[[], dict]) -> dict:
+    """The checkpoint ``filename`` whose stored ``"recipe"`` equals ``spec``, made by ``make()`` if needed.
 
     Shipped checkpoints come first, then the cache. A checkpoint whose stored recipe differs from
-    the current :data:`RECIPES` entry is stale: a stale cached one is retrained, a stale shipped
-    one raises (the shipped files must be regenerated with the script).
+    ``spec`` is stale: a stale or unreadable cached one is rebuilt, a stale shipped one raises (the
+    shipped files must be regenerated with ``python -m nncompress.baselines``).
     """
-    spec = dataclasses.asdict(_recipe(name, recipe))
-    filename = checkpoint_filename(name, recipe, seed)
     shipped = SHIPPED_DIR / filename
     if shipped.exists():
         checkpoint = _read(shipped)
         if checkpoint["recipe"] != spec:
-            raise RuntimeError(f"shipped baseline {shipped} was trained with a different recipe; "
-                               "regenerate it with `python -m nncompress.train`")
+            raise RuntimeError(f"shipped checkpoint {shipped} was made with a different recipe; "
+                               "regenerate it with `python -m nncompress.baselines`")
         return checkpoint
     cached = cache_dir() / filename
     if cached.exists():
@@ -299,9 +306,18 @@ def baseline_info(name: str, recipe: str = "default", seed: int = 0, data: MNIST
             checkpoint = None
         if checkpoint is not None and checkpoint.get("recipe") == spec:
             return checkpoint
-    checkpoint = train_baseline(name, recipe, seed, data=data, progress=progress)
+    checkpoint = make()
     write_checkpoint(checkpoint, cached)
     return checkpoint
+
+
+def baseline_info(name: str, recipe: str = "default", seed: int = 0, data: MNIST | None = None,
+                  progress: bool = False) -> dict:
+    """The checkpoint dictionary of baseline ``(name, recipe, seed)``, training it if needed
+    (see :func:`stored` for where it comes from)."""
+    spec = dataclasses.asdict(_recipe(name, recipe))
+    return stored(checkpoint_filename(name, recipe, seed), spec,
+                  lambda: train_baseline(name, recipe, seed, data=data, progress=progress))
 
 
 def baseline(name: str, recipe: str = "default", seed: int = 0, data: MNIST | None = None,
