@@ -111,7 +111,22 @@ def test_harness_rejects_non_modules(bad):
             fn(bad)
 
 
+def test_latency_runs_on_given_inputs():
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return x
+
+    inputs = torch.arange(5 * 784, dtype=torch.float32).reshape(5, 1, 28, 28)
+    measure.measure_latency(Spy(), batch_size=3, inputs=inputs, min_run_time=0.01, warmup=1)
+    assert seen and all(torch.equal(x, inputs[:3]) for x in seen)
+
+
 def test_latency_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="at least batch_size=8 rows"):
+        measure.measure_latency(models.lenet_300_100(), batch_size=8, inputs=torch.zeros(4, 1, 28, 28))
     for kwargs, match in (({"batch_size": 0}, "batch_size"), ({"threads": -1}, "threads"), ({"repeats": 0}, "repeats")):
         with pytest.raises(ValueError, match=match):
             measure.measure_latency(models.lenet_300_100(), **kwargs)
@@ -162,3 +177,32 @@ def test_table_from_records():
     assert table.records() == [{"a": 1, "b": 2.5}, {"a": 3, "b": 4.0}]
     with pytest.raises(ValueError, match="records"):
         measure.Table.from_records([])
+
+
+def test_write_results_round_trips_with_provenance(tmp_path):
+    import json
+
+    p = measure.profile(models.lenet_300_100(), "mlp", batch_sizes=(1,), min_run_time=0.02)
+    written = measure.write_results([p], tmp_path / "r.json", dataset="MNIST")
+    loaded = json.loads((tmp_path / "r.json").read_text())
+    assert loaded == json.loads(json.dumps(written))
+    assert loaded["dataset"] == "MNIST" and loaded["results"][0]["name"] == "mlp"
+    assert set(loaded["environment"]) >= {"cpu", "threads", "torch", "python"}
+    with pytest.raises(TypeError, match="Profile"):
+        measure.write_results([], tmp_path / "empty.json")
+
+
+def test_pareto_front_keeps_exactly_the_non_dominated():
+    def prof(name, error, nbytes, ms):
+        return measure.Profile(name, 1 - error, 10, 10, nbytes, 100, {1: ms})
+
+    ps = [prof("big", 0.01, 1000, 1.0), prof("small", 0.02, 100, 2.0), prof("worse", 0.03, 500, 0.5),
+          prof("tie", 0.02, 100, 3.0), prof("dominated", 0.02, 200, 5.0)]
+    assert [p.name for p in measure.pareto_front(ps, "bytes")] == ["small", "tie", "big"]
+    assert [p.name for p in measure.pareto_front(ps, "latency_b1")] == ["worse", "big"]
+    with pytest.raises(ValueError, match="axis"):
+        measure.pareto_front(ps, "latency_b256")
+    with pytest.raises(ValueError, match="axis"):
+        measure.pareto_front(ps, "speed")
+    with pytest.raises(TypeError, match="accuracy"):
+        measure.pareto_front([measure.Profile("x", None, 1, 1, 1, 1)])

@@ -13,19 +13,16 @@ from torch.nn.utils import prune as torch_prune
 from nncompress import data, measure, models, pruning, train
 from nncompress.train import Recipe, fit
 
+from conftest import blobs as _blobs
+
 
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-def blobs(n=256, seed=0):
-    g = gen(seed)
-    y = torch.randint(0, 10, (n,), generator=g)
-    x = 0.3 * torch.randn(n, 1, 28, 28, generator=g)
-    for k in range(10):
-        x[y == k, 0, 2 * k : 2 * k + 3, 5:20] += 2.0
-    return x, y
 
+def blobs(n=256, seed=0):
+    return _blobs(n, seed)
 
 SHAPES = [(300, 784), (20, 1, 5, 5), (50, 20, 5, 5), (7,), (10, 100)]
 SPARSITIES = [0.0, 0.1, 0.5, 0.77, 0.92, 0.999]

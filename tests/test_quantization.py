@@ -161,6 +161,23 @@ def test_as_sequential_matches_the_models():
         Q.as_sequential(nn.Linear(3, 3))
 
 
+def test_as_sequential_keeps_conv_relus_and_expands_factorized_layers():
+    from nncompress import lowrank
+
+    x, _ = _data(32)
+    torch.manual_seed(0)
+    thin = models.LeNet5((5, 10), 50, conv_relu=True).eval()
+    assert torch.equal(Q.as_sequential(thin)(x), thin(x))
+    base = models.lenet5().eval()
+    factored = lowrank.decompose_convs(lowrank.factorize(base, {"fc1": 20}), "tucker2", {"conv2": (10, 5)}).eval()
+    seq = Q.as_sequential(factored)
+    assert {"fc1_down", "fc1_up", "conv2_0", "conv2_1", "conv2_2"} <= set(dict(seq.named_children()))
+    assert torch.allclose(seq(x), factored(x), atol=1e-5)
+    # and the expanded form quantizes to int8 like any other network
+    int8 = Q.to_int8(Q.post_training_quantize(factored, x))
+    assert (int8(x).argmax(1) == factored(x).argmax(1)).float().mean() > 0.9
+
+
 def test_apply_fake_quant_then_calibrate():
     torch.manual_seed(0)
     model = models.lenet_300_100().eval()

@@ -9,15 +9,9 @@ import nncompress as nc
 from nncompress import data, models, train
 from nncompress.train import Recipe
 
+from conftest import blobs
 
-def blobs(n=600, seed=0):
-    """A separable 10-class problem shaped like MNIST: class k lights up pixel block k."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 10, (n,), generator=g)
-    x = 0.3 * torch.randn(n, 1, 28, 28, generator=g)
-    for k in range(10):
-        x[y == k, 0, 2 * k : 2 * k + 3, 5:20] += 2.0
-    return x, y
+
 
 
 def test_set_seed_makes_runs_repeatable():

@@ -51,6 +51,8 @@ __all__ = [
     "layer_breakdown",
     "comparison_table",
     "environment",
+    "write_results",
+    "pareto_front",
 ]
 
 MNIST_SHAPE = (1, 28, 28)
@@ -173,8 +175,12 @@ def measure_latency(
     min_run_time: float = 0.2,
     warmup: int = 3,
     repeats: int = 3,
+    inputs: torch.Tensor | None = None,
 ) -> float:
     """Median seconds of one forward pass on a random batch of ``batch_size`` inputs.
+
+    With ``inputs``, the batch is their first ``batch_size`` rows instead: use real data for a
+    model whose work depends on its input, such as an early-exit network.
 
     Uses ``torch.utils.benchmark.Timer(...).blocked_autorange`` with ``num_threads=threads``,
     under ``torch.inference_mode``, after ``warmup`` untimed calls. The measurement is repeated
@@ -186,7 +192,12 @@ def measure_latency(
     _check_positive_int("batch_size", batch_size)
     _check_positive_int("threads", threads)
     _check_positive_int("repeats", repeats)
-    x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
+    if inputs is None:
+        x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
+    elif not isinstance(inputs, torch.Tensor) or len(inputs) < batch_size:
+        raise ValueError(f"inputs must be a tensor with at least batch_size={batch_size} rows")
+    else:
+        x = inputs[:batch_size]
     model.eval()
 
     def run():
@@ -312,6 +323,50 @@ def environment() -> dict:
         pass
     return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version()}
+
+
+def _cost(profile: Profile, axis: str) -> float:
+    if axis.startswith("latency_b"):
+        return profile.latency[int(axis.removeprefix("latency_b"))]
+    return getattr(profile, axis)
+
+
+def pareto_front(profiles: Sequence[Profile], axis: str = "bytes") -> list[Profile]:
+    """The profiles that no other beats on both test error and ``axis``, cheapest first.
+
+    ``axis`` is ``"bytes"``, ``"params"``, ``"nonzeros"``, ``"flops"`` or ``"latency_b<batch>"``.
+    A profile is dominated when another has an error and a cost no higher, and one of them lower.
+    Every profile needs an accuracy.
+    """
+    profiles = list(profiles)
+    if not profiles or not all(isinstance(p, Profile) and p.accuracy is not None for p in profiles):
+        raise TypeError("profiles must be a non-empty sequence of Profile, each with an accuracy")
+    allowed = ("bytes", "params", "nonzeros", "flops")
+    if axis not in allowed and not (axis.startswith("latency_b") and all(
+            axis.removeprefix("latency_b").isdigit() and int(axis.removeprefix("latency_b")) in p.latency for p in profiles)):
+        raise ValueError(f"axis must be one of {allowed} or latency_b<batch> for a measured batch size, got {axis!r}")
+    points = [(_cost(p, axis), p.error, p) for p in profiles]
+    front = [p for c, e, p in points
+             if not any(c2 <= c and e2 <= e and (c2 < c or e2 < e) for c2, e2, _ in points)]
+    return sorted(front, key=lambda p: (_cost(p, axis), p.error))
+
+
+def write_results(profiles: Sequence[Profile], path, **metadata) -> dict:
+    """Write ``profiles`` as JSON to ``path`` with their provenance; return what was written.
+
+    The file holds ``environment`` (:func:`environment`: CPU, threads, torch and Python versions),
+    any keyword ``metadata`` (e.g. the dataset or the notebook), and ``results``, one
+    :meth:`Profile.as_dict` per profile.
+    """
+    import json
+
+    profiles = list(profiles)
+    if not profiles or not all(isinstance(p, Profile) for p in profiles):
+        raise TypeError("profiles must be a non-empty sequence of Profile")
+    document = {"environment": environment(), **metadata, "results": [p.as_dict() for p in profiles]}
+    with open(path, "w") as f:
+        json.dump(document, f, indent=1)
+    return document
 
 
 class Table:
