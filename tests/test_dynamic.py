@@ -15,6 +15,7 @@ from conftest import blobs as _blobs
 def blobs(n=200, seed=0):
     return _blobs(n, seed)
 
+
 def small_net(seed=0):
     torch.manual_seed(seed)
     return D.early_exit_lenet(channels=(4, 8), hidden=32)
