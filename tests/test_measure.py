@@ -206,3 +206,52 @@ def test_pareto_front_keeps_exactly_the_non_dominated():
         measure.pareto_front(ps, "speed")
     with pytest.raises(TypeError, match="accuracy"):
         measure.pareto_front([measure.Profile("x", None, 1, 1, 1, 1)])
+
+
+class Tagged(nn.Module):
+    """An identity that writes its name into a shared log on every call."""
+
+    def __init__(self, name, log):
+        super().__init__()
+        self.name, self.log = name, log
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        self.log.append(self.name)
+        return self.fc(x)
+
+
+def test_measure_latencies_times_the_models_in_turns():
+    log = []
+    seconds = measure.measure_latencies({"a": Tagged("a", log), "b": Tagged("b", log)}, 1, (4,), min_run_time=0.01,
+                                        rounds=3)
+    assert set(seconds) == {"a", "b"} and all(0 < t < 0.01 for t in seconds.values())
+    runs = [name for i, name in enumerate(log) if i == 0 or log[i - 1] != name]  # the order of the stretches
+    assert runs == ["a", "b"] * 3  # a, b; a, b; a, b: every round visits every model
+
+
+def test_profile_many_matches_profile_except_for_the_timing_schedule():
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    nets = {"mlp": models.lenet_300_100(), "cnn": models.lenet5()}
+    many = measure.profile_many(nets, (x, y), batch_sizes=(1, 8), nbytes={"cnn": 1234}, min_run_time=0.02, rounds=2)
+    for p, (name, net) in zip(many, nets.items()):
+        one = measure.profile(net, name, (x, y), batch_sizes=(), nbytes=1234 if name == "cnn" else None)
+        assert {k: v for k, v in vars(p).items() if k != "latency"} == {k: v for k, v in vars(one).items() if k != "latency"}
+        assert set(p.latency) == {1, 8} and all(t > 0 for t in p.latency.values())
+    assert many[1].bytes == 1234 and many[1].bytes_source == "custom"
+
+
+def test_measure_latencies_and_profile_many_reject_bad_arguments():
+    net = models.lenet_300_100()
+    with pytest.raises(TypeError, match="mapping"):
+        measure.measure_latencies([net])
+    with pytest.raises(ValueError, match="at least one"):
+        measure.measure_latencies({})
+    with pytest.raises(ValueError, match="rounds"):
+        measure.measure_latencies({"a": net}, rounds=0)
+    with pytest.raises(ValueError, match="not in models"):
+        measure.profile_many({"a": net}, nbytes={"b": 10})
+    with pytest.raises(TypeError, match="mapping"):
+        measure.profile_many(net)
+    with pytest.raises(ValueError, match="batch_sizes"):
+        measure.profile_many({"a": net}, batch_sizes=(0,))

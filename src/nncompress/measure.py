@@ -27,7 +27,7 @@ import html
 import io
 import math
 import platform
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -47,7 +47,9 @@ __all__ = [
     "serialized_bytes",
     "count_flops",
     "measure_latency",
+    "measure_latencies",
     "profile",
+    "profile_many",
     "layer_breakdown",
     "comparison_table",
     "environment",
@@ -215,6 +217,40 @@ def measure_latency(
     return min(timer.blocked_autorange(min_run_time=min_run_time / repeats).median for _ in range(repeats))
 
 
+def measure_latencies(
+    models: Mapping[str, nn.Module],
+    batch_size: int = 1,
+    input_shape: Sequence[int] = MNIST_SHAPE,
+    threads: int = 1,
+    min_run_time: float = 0.2,
+    rounds: int = 5,
+    inputs: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Latencies (seconds) of several models that are to be compared, measured in turns.
+
+    Each of ``rounds`` rounds times every model once with :func:`measure_latency` (for
+    ``min_run_time / rounds`` seconds; warm-up calls in the first round only), and each model
+    keeps its fastest round. Interference from other processes that lasts a second or two then
+    slows all the models of the rounds it overlaps, instead of whichever model was being measured
+    at the time, and taking the fastest round discards it. Ratios between the models are much
+    more reproducible than with one :func:`measure_latency` call per model, one after the other.
+    """
+    if not isinstance(models, Mapping):
+        raise TypeError(f"models must be a mapping of names to modules, got {type(models).__name__}")
+    if not models:
+        raise ValueError("models must hold at least one model")
+    for model in models.values():
+        _check_model(model)
+    _check_positive_int("rounds", rounds)
+    best = dict.fromkeys(models, math.inf)
+    for r in range(rounds):
+        for name, model in models.items():
+            seconds = measure_latency(model, batch_size, input_shape, threads, min_run_time / rounds,
+                                      warmup=3 if r == 0 else 0, repeats=1, inputs=inputs)
+            best[name] = min(best[name], seconds)
+    return best
+
+
 @dataclass
 class Profile:
     """Everything the harness measured about one model. Latencies are in seconds per batch."""
@@ -282,6 +318,37 @@ def profile(
         threads=threads,
         bytes_source=source,
     )
+
+
+def profile_many(
+    models: Mapping[str, nn.Module],
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    input_shape: Sequence[int] = MNIST_SHAPE,
+    batch_sizes: Iterable[int] = (1, 256),
+    threads: int = 1,
+    nbytes: Mapping[str, int | Callable[[nn.Module], int]] | None = None,
+    min_run_time: float = 0.2,
+    rounds: int = 5,
+) -> list[Profile]:
+    """:func:`profile` for every model of ``models`` (name to module), with the latencies measured
+    in turns by :func:`measure_latencies`, so that the models can be compared. ``nbytes`` maps
+    names to custom encodings, as in :func:`profile`; models it leaves out use their state_dict.
+    """
+    if not isinstance(models, Mapping):
+        raise TypeError(f"models must be a mapping of names to modules, got {type(models).__name__}")
+    nbytes = dict(nbytes or {})
+    unknown = sorted(set(nbytes) - set(models))
+    if unknown:
+        raise ValueError(f"nbytes names models that are not in models: {unknown}")
+    batch_sizes = tuple(batch_sizes)
+    for b in batch_sizes:
+        _check_positive_int("batch_sizes entries", b)
+    profiles = [profile(model, name, data, input_shape, (), threads, nbytes.get(name)) for name, model in models.items()]
+    for b in batch_sizes:
+        seconds = measure_latencies(models, b, input_shape, threads, min_run_time, rounds)
+        for p, name in zip(profiles, models):
+            p.latency[b] = seconds[name]
+    return profiles
 
 
 def layer_breakdown(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE) -> list[dict]:

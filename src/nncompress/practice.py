@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import lowrank, pruning, quantization
-from .measure import measure_latency
+from .measure import measure_latencies
 
 __all__ = ["VARIANTS", "layer_variants", "latency_grid"]
 
@@ -85,13 +85,12 @@ def layer_variants(layer: nn.Linear, sparsity: float, calibration: torch.Tensor 
 
 def latency_grid(variants: Mapping[str, nn.Module], in_features: int, batch_sizes: Iterable[int] = (1, 256),
                  threads: Iterable[int] = (1, 2), min_run_time: float = 0.1) -> list[dict]:
-    """Median latency (seconds) of every variant at every batch size and thread count, measured by
-    :func:`nncompress.measure.measure_latency`. One row per measurement:
-    ``{"variant", "batch", "threads", "seconds"}``."""
+    """Latency (seconds) of every variant at every batch size and thread count. The variants are
+    timed in turns by :func:`nncompress.measure.measure_latencies`, so that they can be compared.
+    One row per measurement: ``{"variant", "batch", "threads", "seconds"}``."""
     rows = []
-    for name, module in variants.items():
-        for t in threads:
-            for b in batch_sizes:
-                seconds = measure_latency(module, b, (in_features,), threads=t, min_run_time=min_run_time)
-                rows.append({"variant": name, "batch": b, "threads": t, "seconds": seconds})
+    for t in threads:
+        for b in batch_sizes:
+            seconds = measure_latencies(variants, b, (in_features,), threads=t, min_run_time=min_run_time)
+            rows += [{"variant": name, "batch": b, "threads": t, "seconds": seconds[name]} for name in variants]
     return rows
