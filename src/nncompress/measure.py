@@ -70,6 +70,11 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+def _check_mapping(models) -> None:
+    if not isinstance(models, Mapping):
+        raise TypeError(f"models must be a mapping of names to modules, got {type(models).__name__}")
+
+
 def _int8_layer(module: nn.Module) -> bool:
     """Whether ``module`` is one of torch's int8 Linear/Conv layers (weights in packed params)."""
     from torch.ao.nn import quantized as nnq
@@ -235,8 +240,7 @@ def measure_latencies(
     at the time, and taking the fastest round discards it. Ratios between the models are much
     more reproducible than with one :func:`measure_latency` call per model, one after the other.
     """
-    if not isinstance(models, Mapping):
-        raise TypeError(f"models must be a mapping of names to modules, got {type(models).__name__}")
+    _check_mapping(models)
     if not models:
         raise ValueError("models must hold at least one model")
     for model in models.values():
@@ -334,8 +338,7 @@ def profile_many(
     in turns by :func:`measure_latencies`, so that the models can be compared. ``nbytes`` maps
     names to custom encodings, as in :func:`profile`; models it leaves out use their state_dict.
     """
-    if not isinstance(models, Mapping):
-        raise TypeError(f"models must be a mapping of names to modules, got {type(models).__name__}")
+    _check_mapping(models)
     nbytes = dict(nbytes or {})
     unknown = sorted(set(nbytes) - set(models))
     if unknown:
