@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .models import capture_features
+from .layers import capture_features
 from .train import Recipe, fit
 
 __all__ = [

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .models import capture_features
+from .layers import capture_features
 
 __all__ = [
     "svd_factors", "truncation_error", "energy_rank", "break_even_rank",

@@ -3,20 +3,27 @@
 All take MNIST batches of shape ``(batch, 1, 28, 28)`` and return logits ``(batch, 10)``.
 Layers are named attributes (``fc1``, ``conv1``, ...) so that per-layer tables read naturally.
 
+Architecture knowledge that techniques need lives here, as data, so that no technique asks which
+model it was given: :func:`couplings` says which layers read each layer's output channels (for
+channel removal), and :func:`as_sequential` writes a LeNet as an explicit chain of modules (for
+integer pipelines that keep activations in int8 from layer to layer).
+
 References: lecun1998gradient, han2015learning, hinton2015distilling
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import copy
+from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
+
+from .layers import Coupling
 
 __all__ = ["MLP", "LeNet5", "lenet_300_100", "lenet5", "hinton_teacher", "hinton_student", "MODELS", "build",
-           "capture_features", "own_class"]
+           "couplings", "as_sequential"]
 
 
 class MLP(nn.Module):
@@ -112,53 +119,78 @@ def build(name: str) -> nn.Module:
     return MODELS[name]()
 
 
-def own_class(module: nn.Module) -> None:
-    """Give a parametrized ``module`` a class of its own before its parametrizations change.
+def couplings(model: nn.Module) -> list[Coupling]:
+    """The channel couplings of one of the book's networks, for :func:`nncompress.pruning.remove_channels`.
 
-    ``torch.nn.utils.parametrize`` stores parametrized tensors as properties of a class it creates
-    per module, and ``copy.deepcopy`` shares that class between original and copy. Registering or
-    removing a parametrization edits the class, so without this a change to a copy would break the
-    original.
+    Parameters
+    ----------
+    model
+        An :class:`MLP` (each hidden layer ``fcI`` feeds ``fcI+1``) or a :class:`LeNet5`
+        (``conv1`` feeds ``conv2``, ``conv2`` feeds ``fc1`` through the flatten of its 4 x 4
+        positions per channel, ``fc1`` feeds ``fc2``). The output layer feeds nothing: its
+        channels are the classes.
+
+    Returns
+    -------
+    list of Coupling
+        In data-flow order.
+
+    Raises
+    ------
+    TypeError
+        For any other model; declare its couplings with :class:`nncompress.layers.Coupling`.
     """
-    if parametrize.is_parametrized(module):
-        cls = module.__class__
-        module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    if isinstance(model, MLP):
+        return [Coupling(f"fc{i}", (f"fc{i + 1}",)) for i in range(1, model.depth)]
+    if isinstance(model, LeNet5):
+        spatial = model.fc1.in_features // model.conv2.out_channels  # 4 x 4 positions per channel
+        return [Coupling("conv1", ("conv2",)), Coupling("conv2", ("fc1",), repeat=spatial),
+                Coupling("fc1", ("fc2",))]
+    raise TypeError(f"no couplings are declared for a {type(model).__name__}; pass a list of "
+                    "nncompress.layers.Coupling for it")
 
 
+def as_sequential(model: nn.Module) -> nn.Sequential:
+    """An equivalent :class:`~torch.nn.Sequential` copy of an ``MLP`` or ``LeNet5`` (or a copy of a Sequential).
 
-@contextmanager
-def capture_features(model: nn.Module, layers: Sequence[str], kind: str = "output"
-                     ) -> Iterator[dict[str, torch.Tensor]]:
-    """Record what the named submodules of ``model`` receive or return, for as long as the block runs.
-
-    Yields a dictionary that each forward pass of ``model`` refills: ``features[name]`` is the
-    latest ``kind`` (``"output"`` or ``"input"``, the first positional input) of layer ``name``.
-    The forward hooks are removed when the block exits, also when it raises. Tensors are kept
-    as computed, attached to the autograd graph, so that losses on them train the model.
-
-    Raises ValueError for a ``kind`` other than ``"input"``/``"output"`` or a layer name the model
-    does not have.
+    Layer names are kept (``fc1``, ``conv1``, ...), so weights load from the original state_dict.
+    A factorized layer becomes its parts: a ``lowrank.LowRankLinear`` ``fc1`` gives ``fc1_down``
+    and ``fc1_up``, a decomposed convolution (a Sequential) ``conv2_0``, ``conv2_1``, ... .
+    Quantization points are inserted into this explicit form.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if kind not in ("input", "output"):
-        raise ValueError(f"kind must be 'input' or 'output', got {kind!r}")
-    if isinstance(layers, str):
-        raise TypeError("layers must be a sequence of layer names, not a single str")
-    modules = dict(model.named_modules())
-    missing = [name for name in layers if name not in modules]
-    if missing:
-        raise ValueError(f"layers {missing} not in model; it has {[n for n in modules if n]}")
-    features: dict[str, torch.Tensor] = {}
+    if isinstance(model, nn.Sequential):
+        return copy.deepcopy(model)
+    layers: list[tuple[str, nn.Module]] = []
 
-    def record(name: str) -> Callable:
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            features[name] = inputs[0] if kind == "input" else output
-        return hook
+    def add(name: str, module: nn.Module) -> None:
+        # factorized layers (lowrank.LowRankLinear, decomposed convolutions) become their parts
+        if hasattr(module, "down") and hasattr(module, "up") and not isinstance(module, (nn.Linear, nn.Conv2d)):
+            layers.extend([(f"{name}_down", copy.deepcopy(module.down)), (f"{name}_up", copy.deepcopy(module.up))])
+        elif isinstance(module, nn.Sequential):
+            layers.extend((f"{name}_{i}", copy.deepcopy(m)) for i, m in enumerate(module))
+        else:
+            layers.append((name, copy.deepcopy(module)))
 
-    handles = [modules[name].register_forward_hook(record(name)) for name in dict.fromkeys(layers)]
-    try:
-        yield features
-    finally:
-        for handle in handles:
-            handle.remove()
+    if isinstance(model, MLP):
+        layers.append(("flatten", nn.Flatten()))
+        if model.input_dropout.p > 0:
+            layers.append(("input_dropout", nn.Dropout(model.input_dropout.p)))
+        for i in range(1, model.depth + 1):
+            add(f"fc{i}", getattr(model, f"fc{i}"))
+            if i < model.depth:
+                layers.append((f"relu{i}", nn.ReLU()))
+                if model.dropout.p > 0:
+                    layers.append((f"dropout{i}", nn.Dropout(model.dropout.p)))
+    elif isinstance(model, LeNet5):
+        for i, conv in ((1, model.conv1), (2, model.conv2)):
+            add(f"conv{i}", conv)
+            if model.conv_relu:
+                layers.append((f"conv_relu{i}", nn.ReLU()))
+            layers.append((f"pool{i}", nn.MaxPool2d(2)))
+        layers.append(("flatten", nn.Flatten()))
+        add("fc1", model.fc1)
+        layers.append(("relu1", nn.ReLU()))
+        add("fc2", model.fc2)
+    else:
+        raise TypeError(f"model must be an MLP, LeNet5 or nn.Sequential, got {type(model).__name__}")
+    return nn.Sequential(OrderedDict(layers)).train(model.training)

@@ -39,8 +39,9 @@ from torch.nn.utils import parametrize
 from . import models
 from .data import MNIST, load_mnist
 from .measure import count_nonzeros, count_params
-from .models import MLP, LeNet5, own_class
-from .train import Recipe, baseline, checkpoint_filename, checkpoint_record, fit, stored
+from .models import MLP, LeNet5
+from .parametrizations import own_class
+from .train import Recipe, fit
 
 __all__ = [
     "PRUNABLE",
@@ -459,83 +460,6 @@ def iterative_prune(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         if on_round is not None:
             on_round(i, model)
     return model
-
-
-@dataclass(frozen=True)
-class PruneRecipe:
-    """How a pruned checkpoint of the store is made from a trained baseline (see :func:`pruned_info`).
-
-    :func:`iterative_prune` takes each layer to ``sparsity[layer]`` in rounds, at the given
-    ``fractions`` of it, retraining with ``retrain`` after each round. ``baseline`` names the recipe
-    of the dense starting point in :data:`nncompress.train.RECIPES`.
-    """
-
-    sparsity: dict[str, float]
-    retrain: Recipe
-    fractions: tuple[float, ...] = (0.5, 0.75, 0.9, 1.0)
-    baseline: str = "default"
-
-    def __post_init__(self):
-        if not self.sparsity:
-            raise ValueError("sparsity must name at least one layer")
-        for layer, value in self.sparsity.items():
-            _check_sparsity(value, f"sparsity[{layer!r}]")
-        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions) or self.fractions[-1] != 1:
-            raise ValueError(f"fractions must lie in (0, 1] and end with 1, got {self.fractions!r}")
-
-    def schedule(self) -> list[dict[str, float]]:
-        """The per-round sparsities passed to :func:`iterative_prune`."""
-        return [{layer: f * s for layer, s in self.sparsity.items()} for f in self.fractions]
-
-
-# Pruned checkpoints, per model name. "han" uses the per-layer sparsities Han et al. (2015) report
-# for LeNet-300-100 (8/9/26 % of weights kept) and LeNet-5 (66/12/8/19 %).
-PRUNED: dict[str, dict[str, PruneRecipe]] = {
-    "lenet300_100": {"han": PruneRecipe({"fc1": 0.92, "fc2": 0.91, "fc3": 0.74},
-                                        Recipe(epochs=8, lr=1e-3, optimizer="adam"))},
-    "lenet5": {"han": PruneRecipe({"conv1": 0.34, "conv2": 0.88, "fc1": 0.92, "fc2": 0.81},
-                                  Recipe(epochs=8, lr=1e-3, optimizer="adam"))},
-}
-
-
-def _prune_recipe(name: str, recipe: str) -> PruneRecipe:
-    if recipe not in PRUNED.get(name, {}):
-        raise ValueError(f"unknown pruning recipe {recipe!r} for model {name!r}; known: {sorted(PRUNED.get(name, {}))}")
-    return PRUNED[name][recipe]
-
-
-def make_pruned(name: str, recipe: str = "han", seed: int = 0, data: MNIST | None = None) -> dict:
-    """Prune baseline ``(name, spec.baseline, seed)`` with :data:`PRUNED` ``[name][recipe]``; return
-    the checkpoint dictionary (the baked ``state_dict``, recipe, errors, layer sparsities, time)."""
-    spec = _prune_recipe(name, recipe)
-    data = data or load_mnist()
-    model = baseline(name, spec.baseline, seed, data=data)
-    start = time.perf_counter()
-    iterative_prune(model, data.train_x, data.train_y, spec.schedule(), spec.retrain, seed=seed)
-    seconds = time.perf_counter() - start
-    bake(model)
-    return checkpoint_record(model, name, recipe, spec, seed, data, seconds, layer_sparsity=layer_sparsity(model))
-
-
-def pruned_filename(name: str, recipe: str, seed: int) -> str:
-    return checkpoint_filename(name, f"pruned_{recipe}", seed)
-
-
-def pruned_info(name: str, recipe: str = "han", seed: int = 0, data: MNIST | None = None) -> dict:
-    """The checkpoint dictionary of pruned model ``(name, recipe, seed)``: shipped, cached, or made
-    now by :func:`make_pruned` (see :func:`nncompress.train.stored`)."""
-    spec = dataclasses.asdict(_prune_recipe(name, recipe))
-    return stored(pruned_filename(name, recipe, seed), spec, lambda: make_pruned(name, recipe, seed, data=data))
-
-
-def pruned_baseline(name: str, recipe: str = "han", seed: int = 0, data: MNIST | None = None) -> nn.Module:
-    """A pruned model from the store, in eval mode, with plain weights (pruned entries are exact
-    zeros and no masks are attached: re-attach them with ``apply_masks(model, {layer: weight != 0})``
-    before training it further)."""
-    checkpoint = pruned_info(name, recipe, seed, data=data)
-    model = models.build(name)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval()
 
 
 def gradual_pruning(final_sparsity: float, begin_step: int, end_step: int, frequency: int = 100,

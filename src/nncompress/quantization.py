@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .coding import _check_bits, pack_bits
-from .models import MLP, LeNet5
+from .models import as_sequential
 from .train import predict
 
 __all__ = [
@@ -449,52 +449,6 @@ class ActFakeQuant(nn.Module):
 
 
 # --------------------------------------------------------------------------- models
-
-def as_sequential(model: nn.Module) -> nn.Sequential:
-    """An equivalent :class:`~torch.nn.Sequential` copy of an ``MLP`` or ``LeNet5`` (or a copy of a Sequential).
-
-    Layer names are kept (``fc1``, ``conv1``, ...), so weights load from the original state_dict.
-    A factorized layer becomes its parts: a ``lowrank.LowRankLinear`` ``fc1`` gives ``fc1_down``
-    and ``fc1_up``, a decomposed convolution (a Sequential) ``conv2_0``, ``conv2_1``, ... .
-    Quantization points are inserted into this explicit form.
-    """
-    if isinstance(model, nn.Sequential):
-        return copy.deepcopy(model)
-    layers: list[tuple[str, nn.Module]] = []
-
-    def add(name: str, module: nn.Module) -> None:
-        # factorized layers (lowrank.LowRankLinear, decomposed convolutions) become their parts
-        if hasattr(module, "down") and hasattr(module, "up") and not isinstance(module, (nn.Linear, nn.Conv2d)):
-            layers.extend([(f"{name}_down", copy.deepcopy(module.down)), (f"{name}_up", copy.deepcopy(module.up))])
-        elif isinstance(module, nn.Sequential):
-            layers.extend((f"{name}_{i}", copy.deepcopy(m)) for i, m in enumerate(module))
-        else:
-            layers.append((name, copy.deepcopy(module)))
-
-    if isinstance(model, MLP):
-        layers.append(("flatten", nn.Flatten()))
-        if model.input_dropout.p > 0:
-            layers.append(("input_dropout", nn.Dropout(model.input_dropout.p)))
-        for i in range(1, model.depth + 1):
-            add(f"fc{i}", getattr(model, f"fc{i}"))
-            if i < model.depth:
-                layers.append((f"relu{i}", nn.ReLU()))
-                if model.dropout.p > 0:
-                    layers.append((f"dropout{i}", nn.Dropout(model.dropout.p)))
-    elif isinstance(model, LeNet5):
-        for i, conv in ((1, model.conv1), (2, model.conv2)):
-            add(f"conv{i}", conv)
-            if model.conv_relu:
-                layers.append((f"conv_relu{i}", nn.ReLU()))
-            layers.append((f"pool{i}", nn.MaxPool2d(2)))
-        layers.append(("flatten", nn.Flatten()))
-        add("fc1", model.fc1)
-        layers.append(("relu1", nn.ReLU()))
-        add("fc2", model.fc2)
-    else:
-        raise TypeError(f"model must be an MLP, LeNet5 or nn.Sequential, got {type(model).__name__}")
-    return nn.Sequential(OrderedDict(layers)).train(model.training)
-
 
 def _weighted(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, nn.Conv2d))

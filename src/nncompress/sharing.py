@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import coding
-from .models import own_class
+from .parametrizations import own_class
 
 __all__ = [
     "INITS", "init_centroids", "kmeans", "SharedWeight", "apply_sharing", "shared_layers", "bake",

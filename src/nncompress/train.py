@@ -1,56 +1,24 @@
-"""Seeded training and evaluation loops, and the store of trained baselines.
+"""Seeded training and evaluation loops.
 
-A baseline is keyed by model name, recipe name and seed. :func:`baseline` looks for its
-checkpoint among those shipped with the package, then in the cache directory
-(``$NNCOMPRESS_CACHE`` or the user cache directory), and otherwise trains it deterministically
-with :func:`train_baseline` and caches it. Checkpoints are read with
-``torch.load(weights_only=True)``.
-
-The shipped checkpoints are produced by the package's script, which calls
-:func:`train_baseline`::
-
-    python -m nncompress.baselines lenet300_100 lenet5
+:func:`fit` trains any model in place with a :class:`Recipe`, deterministically for a given seed;
+:func:`predict`, :func:`evaluate` and :func:`test_error` measure it. Trained checkpoints are kept
+by :mod:`nncompress.store`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
-import os
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import models
-from .data import MNIST, load_mnist
+from . import validate
+from .data import MNIST
 
-__all__ = [
-    "Recipe",
-    "RECIPES",
-    "CACHE_ENV",
-    "set_seed",
-    "random_shift",
-    "fit",
-    "evaluate",
-    "predict",
-    "train_baseline",
-    "baseline",
-    "baseline_info",
-    "stored",
-    "cache_dir",
-    "checkpoint_filename",
-    "checkpoint_record",
-    "write_checkpoint",
-]
-
-CACHE_ENV = "NNCOMPRESS_CACHE"
-SHIPPED_DIR = Path(__file__).with_name("baselines")  # checkpoints shipped with the package
+__all__ = ["Recipe", "set_seed", "random_shift", "fit", "evaluate", "predict", "test_error"]
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -97,14 +65,6 @@ class Recipe:
         if not isinstance(self.jitter, int) or not 0 <= self.jitter <= 4:
             raise ValueError(f"jitter must be an int in [0, 4], got {self.jitter!r}")
 
-
-# The recipes the baselines are trained with, per model name.
-RECIPES: dict[str, dict[str, Recipe]] = {
-    "lenet300_100": {"default": Recipe(epochs=30, lr=0.05, weight_decay=1e-4)},
-    "lenet5": {"default": Recipe(epochs=12, lr=0.05, weight_decay=5e-4)},
-    "hinton_teacher": {"default": Recipe(epochs=60, lr=0.05, weight_decay=0.0, jitter=2)},
-    "hinton_student": {"default": Recipe(epochs=30, lr=0.05, weight_decay=0.0)},
-}
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -213,117 +173,32 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return (predict(model, x, batch_size).argmax(1) == y).float().mean().item()
 
 
-def cache_dir() -> Path:
-    """Where baselines trained on this machine are cached: ``$NNCOMPRESS_CACHE`` or the user cache."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
+def test_error(model: nn.Module, data: MNIST, split: str = "test", batch_size: int = 1000) -> float:
+    """Top-1 error of ``model`` on a split of ``data``, in percent: the book's one error measure.
 
-    return Path(platformdirs.user_cache_dir("nncompress")) / "baselines"
+    Parameters
+    ----------
+    model
+        A classifier returning logits ``(batch, classes)``.
+    data
+        The data set (:func:`nncompress.data.load_mnist`).
+    split
+        ``"test"`` (default), ``"val"`` or ``"train"``.
+    batch_size
+        Inputs per forward pass.
 
+    Returns
+    -------
+    float
+        ``100 * (1 - accuracy)``.
 
-def _recipe(name: str, recipe: str) -> Recipe:
-    models.build(name)  # validates the model name
-    if recipe not in RECIPES.get(name, {}):
-        raise ValueError(f"unknown recipe {recipe!r} for model {name!r}; known: {sorted(RECIPES.get(name, {}))}")
-    return RECIPES[name][recipe]
-
-
-def checkpoint_filename(name: str, recipe: str, seed: int) -> str:
-    return f"{name}-{recipe}-seed{seed}.pt"
-
-
-def train_baseline(name: str, recipe: str = "default", seed: int = 0, data: MNIST | None = None,
-                   progress: bool = False) -> dict:
-    """Train baseline ``(name, recipe, seed)`` from scratch; return its checkpoint dictionary.
-
-    The dictionary holds ``state_dict``, the ``recipe`` fields, ``seed``, the ``val_error`` and
-    ``test_error`` it reached, ``train_seconds`` and the ``torch`` version.
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a module.
+    ValueError
+        For an unknown ``split``.
     """
-    spec = _recipe(name, recipe)
-    data = data or load_mnist()
-    set_seed(seed)
-    model = models.build(name)
-    start = time.perf_counter()
-    fit(model, data.train_x, data.train_y, spec, seed=seed, progress=progress)
-    return checkpoint_record(model, name, recipe, spec, seed, data, time.perf_counter() - start)
-
-
-def checkpoint_record(model: nn.Module, name: str, recipe_name: str, spec, seed: int, data: MNIST,
-                      seconds: float, **extra) -> dict:
-    """The checkpoint dictionary of a trained ``model``: a copy of its ``state_dict``, the model and
-    recipe names, the recipe's fields (``spec``, a dataclass), ``seed``, the validation and test
-    errors on ``data``, the training ``seconds``, thread count and torch version, and ``extra``."""
-    return {
-        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "model": name,
-        "recipe_name": recipe_name,
-        "recipe": dataclasses.asdict(spec),
-        "seed": seed,
-        "val_error": 1.0 - evaluate(model, data.val_x, data.val_y),
-        "test_error": 1.0 - evaluate(model, data.test_x, data.test_y),
-        "train_seconds": seconds,
-        "threads": torch.get_num_threads(),
-        "torch": str(torch.__version__),
-        **extra,
-    }
-
-
-def _read(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def write_checkpoint(checkpoint: dict, path: Path) -> None:
-    """Write ``checkpoint`` to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
-
-
-def stored(filename: str, spec: dict, make: Callable[[], dict]) -> dict:
-    """The checkpoint ``filename`` whose stored ``"recipe"`` equals ``spec``, made by ``make()`` if needed.
-
-    Shipped checkpoints come first, then the cache. A checkpoint whose stored recipe differs from
-    ``spec`` is stale: a stale or unreadable cached one is rebuilt, a stale shipped one raises (the
-    shipped files must be regenerated with ``python -m nncompress.baselines``).
-    """
-    shipped = SHIPPED_DIR / filename
-    if shipped.exists():
-        checkpoint = _read(shipped)
-        if checkpoint["recipe"] != spec:
-            raise RuntimeError(f"shipped checkpoint {shipped} was made with a different recipe; "
-                               "regenerate it with `python -m nncompress.baselines`")
-        return checkpoint
-    cached = cache_dir() / filename
-    if cached.exists():
-        try:
-            checkpoint = _read(cached)
-        except Exception:  # unreadable cache entry: rebuild it
-            checkpoint = None
-        if checkpoint is not None and checkpoint.get("recipe") == spec:
-            return checkpoint
-    checkpoint = make()
-    write_checkpoint(checkpoint, cached)
-    return checkpoint
-
-
-def baseline_info(name: str, recipe: str = "default", seed: int = 0, data: MNIST | None = None,
-                  progress: bool = False) -> dict:
-    """The checkpoint dictionary of baseline ``(name, recipe, seed)``, training it if needed
-    (see :func:`stored` for where it comes from)."""
-    spec = dataclasses.asdict(_recipe(name, recipe))
-    return stored(checkpoint_filename(name, recipe, seed), spec,
-                  lambda: train_baseline(name, recipe, seed, data=data, progress=progress))
-
-
-def baseline(name: str, recipe: str = "default", seed: int = 0, data: MNIST | None = None,
-             progress: bool = False) -> nn.Module:
-    """A trained baseline model in eval mode (see :func:`baseline_info` for where it comes from)."""
-    checkpoint = baseline_info(name, recipe, seed, data=data, progress=progress)
-    model = models.build(name)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval()
+    validate.module(model)
+    x, y = data.split(validate.choice(split, "split", ("train", "val", "test")))
+    return 100.0 * (1.0 - evaluate(model, x, y, batch_size))

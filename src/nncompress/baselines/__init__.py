@@ -1,4 +1,4 @@
-"""Trained baseline checkpoints shipped with the package (see :mod:`nncompress.train`).
+"""Trained baseline checkpoints shipped with the package (see :mod:`nncompress.store`).
 
 Run ``python -m nncompress.baselines MODEL [MODEL ...]`` to regenerate them.
 """

@@ -1,6 +1,6 @@
 """Train baselines and write their checkpoints: ``python -m nncompress.baselines lenet300_100 lenet5``.
 
-With ``--pruned han`` it writes pruned checkpoints instead (:func:`nncompress.pruning.make_pruned`,
+With ``--pruned han`` it writes pruned checkpoints instead (:func:`nncompress.store.make_pruned`,
 starting from the stored baselines): ``python -m nncompress.baselines --pruned han lenet300_100 lenet5``.
 
 This is the script that produced the checkpoints shipped in this folder; the test suite retrains
@@ -10,9 +10,9 @@ the baselines with the same function and checks that the test error agrees withi
 import argparse
 from pathlib import Path
 
-from nncompress import models, pruning
+from nncompress import models, store
 from nncompress.data import load_mnist
-from nncompress.train import SHIPPED_DIR, checkpoint_filename, train_baseline, write_checkpoint
+from nncompress.store import SHIPPED_DIR, checkpoint_filename, train_baseline, write_checkpoint
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,15 +20,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("models", nargs="+", choices=sorted(models.MODELS))
     parser.add_argument("--recipe", default="default")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pruned", metavar="RECIPE", choices=sorted({r for v in pruning.PRUNED.values() for r in v}),
+    parser.add_argument("--pruned", metavar="RECIPE", choices=sorted({r for v in store.PRUNED.values() for r in v}),
                         help="write the pruned checkpoint made with this pruning recipe instead")
     parser.add_argument("--out", type=Path, default=SHIPPED_DIR, help="output folder (default: the package's)")
     args = parser.parse_args(argv)
     data = load_mnist()
     for name in args.models:
         if args.pruned:
-            checkpoint = pruning.make_pruned(name, args.pruned, args.seed, data=data)
-            path = args.out / pruning.pruned_filename(name, args.pruned, args.seed)
+            checkpoint = store.make_pruned(name, args.pruned, args.seed, data=data)
+            path = args.out / store.pruned_filename(name, args.pruned, args.seed)
         else:
             checkpoint = train_baseline(name, args.recipe, args.seed, data=data, progress=True)
             path = args.out / checkpoint_filename(name, args.recipe, args.seed)
