@@ -56,3 +56,35 @@ def test_unknown_model_name_is_a_clear_error():
 def test_mlp_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         models.MLP(**kwargs)
+
+
+def test_a_non_numeric_dropout_is_a_type_error_naming_it():
+    with pytest.raises(TypeError, match="dropout must be a number"):
+        models.MLP((10,), dropout="0.5")
+
+
+@pytest.mark.parametrize("name", ["lenet300_100", "lenet5"])
+def test_couplings_match_the_layer_shapes(name):
+    model = models.build(name)
+    for coupling in models.couplings(model):
+        producer = model.get_submodule(coupling.producer)
+        outputs = producer.weight.shape[0]
+        for consumer in coupling.consumers:
+            assert model.get_submodule(consumer).weight.shape[1] == outputs * coupling.repeat
+
+
+def test_couplings_are_declared_only_for_the_books_networks():
+    with pytest.raises(TypeError, match="Coupling"):
+        models.couplings(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_as_sequential_computes_the_same_function_with_the_same_names(name):
+    torch.manual_seed(0)
+    model = models.build(name).eval()
+    chain = models.as_sequential(model).eval()
+    x = torch.randn(5, 1, 28, 28)
+    torch.testing.assert_close(chain(x), model(x))
+    weights = {k for k in model.state_dict()}
+    assert weights == {k for k in chain.state_dict()}  # same names: state dicts load across
+    assert chain is not model and models.as_sequential(chain) is not chain

@@ -56,20 +56,38 @@ def test_fit_accepts_a_custom_loss_and_epoch_callback():
 def test_random_shift_translates_each_image():
     x = torch.zeros(8, 1, 28, 28)
     x[:, 0, 13, 13] = 1.0  # one bright pixel in the middle
-    out = train.random_shift(x, 2, torch.Generator().manual_seed(0))
+    out = train._random_shift(x, 2, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and torch.equal(out.sum((1, 2, 3)), x.sum((1, 2, 3)))
     positions = out[:, 0].flatten(1).argmax(1)
     rows, cols = positions // 28, positions % 28
     assert ((rows - 13).abs() <= 2).all() and ((cols - 13).abs() <= 2).all()
     assert len(set(zip(rows.tolist(), cols.tolist()))) > 1  # not all the same shift
-    assert torch.equal(train.random_shift(x, 0, torch.Generator()), x)
+    assert torch.equal(train._random_shift(x, 0, torch.Generator()), x)
 
 
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("lr", 0.0), ("batch_size", 0), ("optimizer", "rmsprop"),
-                                          ("schedule", "step"), ("jitter", 5)])
+                                          ("schedule", "step"), ("jitter", 5), ("momentum", 1.0),
+                                          ("weight_decay", -1e-4), ("lr", float("nan"))])
 def test_recipe_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(Recipe(epochs=1, lr=0.1), **{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("epochs", 1.5), ("lr", "0.1"), ("jitter", True)])
+def test_recipe_rejects_values_of_the_wrong_type(field, value):
+    with pytest.raises(TypeError, match=field):
+        dataclasses.replace(Recipe(epochs=1, lr=0.1), **{field: value})
+
+
+def test_fit_rejects_mismatched_or_empty_data():
+    x, y = blobs(10)
+    model = models.MLP((8,))
+    with pytest.raises(ValueError, match="equal length"):
+        train.fit(model, x, y[:5], Recipe(epochs=1, lr=0.1))
+    with pytest.raises(ValueError, match="x must not be empty"):
+        train.fit(model, x[:0], y[:0], Recipe(epochs=1, lr=0.1))
+    with pytest.raises(ValueError, match="seed"):
+        train.fit(model, x, y, Recipe(epochs=1, lr=0.1), seed=-1)
 
 
 def test_non_module_is_rejected():
@@ -78,3 +96,15 @@ def test_non_module_is_rejected():
         train.fit(lambda t: t, x, y, Recipe(epochs=1, lr=0.1))
     with pytest.raises(TypeError, match="torch.nn.Module"):
         train.evaluate("model", x, y)
+
+
+def test_test_error_is_the_percentage_of_wrong_predictions():
+    x, y = blobs(300)
+    split = data.MNIST(x[:100], y[:100], x[100:200], y[100:200], x[200:], y[200:])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    wrong = (train.predict(model, x[200:]).argmax(1) != y[200:]).sum().item()
+    assert train.test_error(model, split) == pytest.approx(wrong)  # 100 test images: one error is 1 %
+    assert train.test_error(model, split, "val") == pytest.approx(
+        (train.predict(model, x[100:200]).argmax(1) != y[100:200]).sum().item())
+    with pytest.raises(ValueError, match="split must be one of"):
+        train.test_error(model, split, "dev")

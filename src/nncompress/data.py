@@ -63,11 +63,23 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 
 class ChecksumError(ValueError):
-    """A data file's sha256 is not the expected one."""
+    """A data file's sha256 is not the expected one: it is corrupt or partial and is never used.
+
+    Parameters
+    ----------
+    message
+        What was checked and what to do.
+    """
 
 
 def data_dir() -> Path:
-    """Root of the data directory: ``$NNCOMPRESS_DATA`` or the user cache directory."""
+    """Root of the data directory.
+
+    Returns
+    -------
+    pathlib.Path
+        ``$NNCOMPRESS_DATA`` if set, else the user cache directory's ``nncompress``.
+    """
     env = os.environ.get(DATA_ENV)
     if env:
         return Path(env).expanduser()
@@ -96,7 +108,23 @@ def _check_sha256(payload: bytes, expected: str, where: str) -> None:
 
 
 def read_idx(payload: bytes) -> np.ndarray:
-    """Parse an IDX buffer into an array of its declared dtype and shape."""
+    """Parse an IDX buffer into an array of its declared dtype and shape.
+
+    Parameters
+    ----------
+    payload
+        The bytes of an (uncompressed) IDX file.
+
+    Returns
+    -------
+    numpy.ndarray
+        A read-only view of the data, of the declared dtype and shape.
+
+    Raises
+    ------
+    ValueError
+        If the buffer is not IDX, is truncated, or holds more or fewer bytes than declared.
+    """
     if len(payload) < 4 or payload[0] != 0 or payload[1] != 0:
         raise ValueError("payload is not an IDX buffer: it must start with two zero bytes")
     code, ndim = payload[2], payload[3]
@@ -140,7 +168,25 @@ def fetch(
 
     ``folder/name`` or ``folder/name.gz`` is used when present; a present file whose checksum is
     wrong raises :class:`ChecksumError` (it is never used, and never silently replaced). A missing
-    file is downloaded as ``name.gz`` from each mirror in turn.
+    file is downloaded as ``name.gz`` from each mirror in turn, atomically.
+
+    Parameters
+    ----------
+    name
+        The IDX file's name, e.g. ``"train-images-idx3-ubyte"``.
+    sha256
+        The expected sha256 of the decompressed payload.
+    folder
+        Where the file is looked for and downloaded to.
+    mirrors
+        Base URLs to try in turn.
+    timeout
+        Seconds per download attempt.
+
+    Returns
+    -------
+    bytes
+        The decompressed, verified payload.
 
     Raises
     ------
@@ -178,7 +224,13 @@ def fetch(
 
 @dataclass(frozen=True)
 class MNIST:
-    """Normalized MNIST tensors: images ``(n, 1, 28, 28)`` float32, labels ``(n,)`` int64."""
+    """Normalized MNIST tensors: images ``(n, 1, 28, 28)`` float32, labels ``(n,)`` int64.
+
+    Parameters
+    ----------
+    train_x, train_y, val_x, val_y, test_x, test_y
+        Images and labels of the three splits.
+    """
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -188,7 +240,23 @@ class MNIST:
     test_y: torch.Tensor
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(images, labels)`` of ``"train"``, ``"val"`` or ``"test"``."""
+        """``(images, labels)`` of one split.
+
+        Parameters
+        ----------
+        name
+            ``"train"``, ``"val"`` or ``"test"``.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            Images and labels.
+
+        Raises
+        ------
+        ValueError
+            For another name.
+        """
         if name not in ("train", "val", "test"):
             raise ValueError(f"name must be 'train', 'val' or 'test', got {name!r}")
         return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
@@ -224,7 +292,23 @@ def load_mnist(
     mirrors : base URLs to download missing files from.
     files : ``{name: sha256}`` of the four IDX files (default :data:`MNIST_FILES`).
 
-    References: lecun1998gradient
+    Returns
+    -------
+    MNIST
+        The three splits.
+
+    Raises
+    ------
+    ChecksumError
+        If a file is corrupt or partial (it is never used).
+    FileNotFoundError
+        If a file is missing and cannot be downloaded.
+    ValueError
+        For a bad ``val_size`` or ``files``.
+
+    References
+    ----------
+    lecun1998gradient
     """
     files = dict(MNIST_FILES if files is None else files)
     folder = Path(root if root is not None else data_dir()) / "mnist"

@@ -43,6 +43,15 @@ _GLOB = set("*?[")
 class Coupling:
     """Which layers read the output channels of a layer: the data flow that channel removal needs.
 
+    Parameters
+    ----------
+    producer
+        The qualified name of the layer whose output channels are counted.
+    consumers
+        The names of the layers that read them.
+    repeat
+        Consecutive consumer inputs per producer channel (>= 1).
+
     Output channel ``c`` of ``producer`` (row ``c`` of a Linear weight, filter ``c`` of a Conv2d)
     feeds inputs ``c * repeat`` to ``c * repeat + repeat - 1`` of every layer in ``consumers``
     (columns of a Linear weight, input channels of a Conv2d). ``repeat`` is 1 where the channel
@@ -50,6 +59,13 @@ class Coupling:
     convolution's output is flattened into a Linear layer (``4 * 4 = 16`` in LeNet-5).
     Architectures declare their couplings as data (``nncompress.models.couplings``); techniques
     never inspect the model to find them.
+
+    Raises
+    ------
+    TypeError
+        If ``producer`` is not a non-empty str or ``consumers`` not a non-empty sequence of them.
+    ValueError
+        If ``repeat`` < 1.
     """
 
     producer: str
@@ -154,6 +170,15 @@ def select_values(model: nn.Module, values: Mapping, types: tuple[type, ...] = W
     Keys are resolved as by :func:`select`; where two keys select the same layer, the later
     key's value wins.
 
+    Parameters
+    ----------
+    model
+        Any module.
+    values
+        ``{name, pattern or type: value}``.
+    types
+        The module types the technique accepts.
+
     Returns
     -------
     dict
@@ -176,7 +201,21 @@ def select_values(model: nn.Module, values: Mapping, types: tuple[type, ...] = W
 
 
 def replace_(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    """Put ``module`` in place of ``model``'s submodule ``name``, in place; returns ``model``.
+    """Put ``module`` in place of ``model``'s submodule ``name``, in place.
+
+    Parameters
+    ----------
+    model
+        Any module.
+    name
+        The qualified name of one of its submodules.
+    module
+        The module to put there (used as it is).
+
+    Returns
+    -------
+    nn.Module
+        ``model``.
 
     Raises
     ------
@@ -198,6 +237,13 @@ def replace(model: nn.Module, replacements: Mapping[str, nn.Module]) -> nn.Modul
 
     The replacement modules are used as they are (not copied); the rest of the model is a deep
     copy, so ``model`` itself is left unchanged.
+
+    Parameters
+    ----------
+    model
+        Any module.
+    replacements
+        ``{qualified submodule name: new module}``.
 
     Returns
     -------

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from . import validate
 from .layers import Coupling
 
 __all__ = ["MLP", "LeNet5", "lenet_300_100", "lenet5", "hinton_teacher", "hinton_student", "MODELS", "build",
@@ -31,16 +32,35 @@ class MLP(nn.Module):
 
     Layers are ``fc1 .. fcK``; ``dropout`` is applied after every hidden ReLU and
     ``input_dropout`` to the flattened input, as in Hinton et al.'s MNIST teacher.
+
+    Parameters
+    ----------
+    hidden
+        Widths of the hidden layers, a non-empty tuple of positive ints.
+    dropout, input_dropout
+        Dropout rates in [0, 1) for the hidden units and the input.
+    in_features, num_classes
+        Input and output widths.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For an argument outside those ranges, naming it.
+
+    References
+    ----------
+    lecun1998gradient, hinton2015distilling
     """
 
     def __init__(self, hidden: tuple[int, ...], dropout: float = 0.0, input_dropout: float = 0.0,
                  in_features: int = 784, num_classes: int = 10):
         super().__init__()
-        if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
+        if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
             raise ValueError(f"hidden must be a non-empty tuple of positive ints, got {hidden!r}")
-        for name, p in (("dropout", dropout), ("input_dropout", input_dropout)):
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {p!r}")
+        dropout = validate.fraction(dropout, "dropout")
+        input_dropout = validate.fraction(input_dropout, "input_dropout")
+        in_features = validate.integer(in_features, "in_features", 1)
+        num_classes = validate.integer(num_classes, "num_classes", 1)
         self.hidden = tuple(hidden)
         self.input_dropout = nn.Dropout(input_dropout)
         self.dropout = nn.Dropout(dropout)
@@ -62,6 +82,21 @@ class LeNet5(nn.Module):
     conv 20@5x5 -> maxpool 2 -> conv 50@5x5 -> maxpool 2 -> fc 500 -> ReLU -> fc 10.
     As in Caffe, there is no non-linearity after the convolutions (max-pooling is the only one);
     ``conv_relu=True`` adds a ReLU after each convolution, which makes thin variants train stably.
+
+    Parameters
+    ----------
+    conv_channels
+        Filters of the two convolutions.
+    hidden
+        Width of the fully connected hidden layer.
+    num_classes
+        Output width.
+    conv_relu
+        Add a ReLU after each convolution.
+
+    References
+    ----------
+    lecun1998gradient, han2015learning
     """
 
     def __init__(self, conv_channels: tuple[int, int] = (20, 50), hidden: int = 500, num_classes: int = 10,
@@ -83,22 +118,62 @@ class LeNet5(nn.Module):
 
 
 def lenet_300_100() -> MLP:
-    """LeNet-300-100: 784-300-100-10, 266,610 parameters."""
+    """LeNet-300-100: 784-300-100-10, 266,610 parameters.
+
+    Returns
+    -------
+    MLP
+        A freshly initialized model (seed torch first for repeatability).
+
+    References
+    ----------
+    lecun1998gradient, han2015learning
+    """
     return MLP((300, 100))
 
 
 def lenet5() -> LeNet5:
-    """Caffe LeNet-5: 431,080 parameters."""
+    """Caffe LeNet-5: 431,080 parameters.
+
+    Returns
+    -------
+    LeNet5
+        A freshly initialized model (seed torch first for repeatability).
+
+    References
+    ----------
+    lecun1998gradient, han2015learning
+    """
     return LeNet5()
 
 
 def hinton_teacher() -> MLP:
-    """Hinton et al.'s MNIST teacher: 2x1200 ReLU units, dropout 0.5 on hidden and 0.2 on input."""
+    """Hinton et al.'s MNIST teacher: 2x1200 ReLU units, dropout 0.5 on hidden and 0.2 on input.
+
+    Returns
+    -------
+    MLP
+        A freshly initialized model (seed torch first for repeatability).
+
+    References
+    ----------
+    hinton2015distilling
+    """
     return MLP((1200, 1200), dropout=0.5, input_dropout=0.2)
 
 
 def hinton_student() -> MLP:
-    """Hinton et al.'s MNIST student: 2x800 ReLU units, no regularization."""
+    """Hinton et al.'s MNIST student: 2x800 ReLU units, no regularization.
+
+    Returns
+    -------
+    MLP
+        A freshly initialized model (seed torch first for repeatability).
+
+    References
+    ----------
+    hinton2015distilling
+    """
     return MLP((800, 800))
 
 
@@ -111,7 +186,26 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 
 
 def build(name: str) -> nn.Module:
-    """A freshly initialized model by registry name (one of :data:`MODELS`)."""
+    """A freshly initialized model by registry name.
+
+    Parameters
+    ----------
+    name
+        One of :data:`MODELS`: ``"lenet300_100"``, ``"lenet5"``, ``"hinton_teacher"``,
+        ``"hinton_student"``.
+
+    Returns
+    -------
+    nn.Module
+        The model, with torch's default initialization (seed torch first for repeatability).
+
+    Raises
+    ------
+    TypeError
+        If ``name`` is not a str.
+    ValueError
+        For an unknown name.
+    """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     if name not in MODELS:
@@ -151,12 +245,28 @@ def couplings(model: nn.Module) -> list[Coupling]:
 
 
 def as_sequential(model: nn.Module) -> nn.Sequential:
-    """An equivalent :class:`~torch.nn.Sequential` copy of an ``MLP`` or ``LeNet5`` (or a copy of a Sequential).
+    """An equivalent :class:`~torch.nn.Sequential` copy of one of the book's networks.
 
-    Layer names are kept (``fc1``, ``conv1``, ...), so weights load from the original state_dict.
-    A factorized layer becomes its parts: a ``lowrank.LowRankLinear`` ``fc1`` gives ``fc1_down``
-    and ``fc1_up``, a decomposed convolution (a Sequential) ``conv2_0``, ``conv2_1``, ... .
-    Quantization points are inserted into this explicit form.
+    The chain form lets an integer pipeline keep activations in int8 from one layer to the next
+    (``nncompress.quantization.to_int8`` fuses a ReLU into the layer before it). Layer names are
+    kept (``fc1``, ``conv1``, ...), so weights load from the original state_dict. A factorized
+    layer becomes its parts: a ``lowrank.LowRankLinear`` ``fc1`` gives ``fc1_down`` and
+    ``fc1_up``, a decomposed convolution (a Sequential) ``conv2_0``, ``conv2_1``, ... .
+
+    Parameters
+    ----------
+    model
+        An :class:`MLP`, a :class:`LeNet5`, or an ``nn.Sequential`` (copied as it is).
+
+    Returns
+    -------
+    nn.Sequential
+        A new model computing the same function; ``model`` is left unchanged.
+
+    Raises
+    ------
+    TypeError
+        For any other model.
     """
     if isinstance(model, nn.Sequential):
         return copy.deepcopy(model)

@@ -32,10 +32,20 @@ __all__ = ["own_class", "attach_", "chain", "find", "original", "bake", "bake_"]
 
 
 def own_class(module: nn.Module) -> nn.Module:
-    """Give a parametrized ``module`` a class of its own (a no-op for other modules); returns it.
+    """Give a parametrized ``module`` a class of its own (a no-op for other modules).
 
     See the module docstring for why: afterwards, attaching or removing parametrizations of
     ``module`` cannot affect a model it was copied from or to.
+
+    Parameters
+    ----------
+    module
+        Any module.
+
+    Returns
+    -------
+    nn.Module
+        ``module`` itself.
     """
     if parametrize.is_parametrized(module):
         cls = module.__class__
@@ -58,6 +68,11 @@ def attach_(module: nn.Module, tensor_name: str, parametrization: nn.Module) -> 
     parametrization
         A module mapping the tensor to a tensor of the same shape.
 
+    Returns
+    -------
+    nn.Module
+        ``module`` itself.
+
     Raises
     ------
     TypeError
@@ -75,7 +90,20 @@ def attach_(module: nn.Module, tensor_name: str, parametrization: nn.Module) -> 
 
 
 def chain(module: nn.Module, tensor_name: str) -> list[nn.Module]:
-    """The parametrizations of ``module.<tensor_name>``, in the order they apply ([] if none)."""
+    """The parametrizations of ``module.<tensor_name>``, in the order they apply.
+
+    Parameters
+    ----------
+    module
+        Any module.
+    tensor_name
+        The name of one of its tensors.
+
+    Returns
+    -------
+    list of nn.Module
+        Empty if the tensor is not parametrized.
+    """
     if parametrize.is_parametrized(module, tensor_name):
         return list(module.parametrizations[tensor_name])
     return []
@@ -91,6 +119,13 @@ def _parametrized(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
 
 def find(model: nn.Module, kind: type | tuple[type, ...] = nn.Module) -> dict[str, nn.Module]:
     """The parametrizations of type ``kind`` attached anywhere in ``model``.
+
+    Parameters
+    ----------
+    model
+        Any module.
+    kind
+        A parametrization class or tuple of classes (default: every parametrization).
 
     Returns
     -------
@@ -113,7 +148,21 @@ def find(model: nn.Module, kind: type | tuple[type, ...] = nn.Module) -> dict[st
 
 
 def original(module: nn.Module, tensor_name: str) -> torch.Tensor:
-    """The unparametrized tensor behind ``module.<tensor_name>`` (the plain tensor if none)."""
+    """The unparametrized tensor behind ``module.<tensor_name>``.
+
+    Parameters
+    ----------
+    module
+        Any module.
+    tensor_name
+        The name of one of its tensors.
+
+    Returns
+    -------
+    torch.Tensor
+        The ``original`` that the chain of parametrizations receives, or the plain tensor if
+        there is no chain (the tensor itself, not a copy: changing it changes the module).
+    """
     if parametrize.is_parametrized(module, tensor_name):
         return module.parametrizations[tensor_name].original
     return getattr(module, tensor_name)
@@ -134,6 +183,11 @@ def bake_(model: nn.Module, kind: type | tuple[type, ...] | None = None) -> nn.M
     -------
     nn.Module
         ``model``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a module.
     """
     validate.module(model)
     for _, module, tensor_name in list(_parametrized(model)):
@@ -145,9 +199,22 @@ def bake_(model: nn.Module, kind: type | tuple[type, ...] | None = None) -> nn.M
 
 
 def bake(model: nn.Module, kind: type | tuple[type, ...] | None = None) -> nn.Module:
-    """A copy of ``model`` with its parametrizations baked into plain tensors (see :func:`bake_`).
+    """A copy of ``model`` with its parametrizations baked into plain tensors.
 
-    ``model`` is left unchanged and keeps working.
+    Parameters
+    ----------
+    model, kind
+        As :func:`bake_`.
+
+    Returns
+    -------
+    nn.Module
+        The new model; ``model`` is left unchanged and keeps working.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a module.
     """
     validate.module(model)
     return bake_(copy.deepcopy(model), kind)

@@ -18,15 +18,30 @@ from torch import nn
 from . import validate
 from .data import MNIST
 
-__all__ = ["Recipe", "set_seed", "random_shift", "fit", "evaluate", "predict", "test_error"]
+__all__ = ["Recipe", "set_seed", "fit", "evaluate", "predict", "test_error"]
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def set_seed(seed: int) -> torch.Generator:
-    """Seed Python's, NumPy's and torch's global generators; return a fresh seeded ``torch.Generator``."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    """Seed Python's, NumPy's and torch's global generators.
+
+    Parameters
+    ----------
+    seed
+        A non-negative int.
+
+    Returns
+    -------
+    torch.Generator
+        A fresh generator seeded with ``seed``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``seed`` is not an int >= 0.
+    """
+    seed = validate.integer(seed, "seed", 0)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -37,9 +52,29 @@ def set_seed(seed: int) -> torch.Generator:
 class Recipe:
     """Hyperparameters of one training run; stored with every checkpoint.
 
-    ``optimizer`` is ``"sgd"`` (with Nesterov momentum) or ``"adam"``; ``schedule`` is
-    ``"cosine"`` (per-step cosine decay to zero) or ``"constant"``; ``jitter`` is the largest
-    random translation in pixels applied to each training image (0 for none).
+    Parameters
+    ----------
+    epochs
+        Passes over the training set, >= 1.
+    lr
+        Peak learning rate, > 0.
+    batch_size
+        Examples per step, >= 1.
+    optimizer
+        ``"sgd"`` (with Nesterov momentum when ``momentum > 0``) or ``"adam"``.
+    momentum
+        SGD momentum in [0, 1).
+    weight_decay
+        L2 penalty, >= 0.
+    schedule
+        ``"cosine"`` (per-step cosine decay to zero) or ``"constant"``.
+    jitter
+        The largest random translation in pixels applied to each training image, 0 to 4.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a field outside the ranges above, naming the field.
     """
 
     epochs: int
@@ -52,22 +87,17 @@ class Recipe:
     jitter: int = 0
 
     def __post_init__(self):
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be a positive int, got {self.epochs!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if not isinstance(self.jitter, int) or not 0 <= self.jitter <= 4:
-            raise ValueError(f"jitter must be an int in [0, 4], got {self.jitter!r}")
+        validate.integer(self.epochs, "epochs", 1)
+        validate.number(self.lr, "lr", 0.0, low_open=True)
+        validate.integer(self.batch_size, "batch_size", 1)
+        validate.choice(self.optimizer, "optimizer", ("sgd", "adam"))
+        validate.number(self.momentum, "momentum", 0.0, 1.0, high_open=True)
+        validate.number(self.weight_decay, "weight_decay", 0.0)
+        validate.choice(self.schedule, "schedule", ("cosine", "constant"))
+        validate.integer(self.jitter, "jitter", 0, 4)
 
 
-
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+def _random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Translate each image of ``x`` ``(batch, c, h, w)`` by a random integer offset in
     ``[-max_shift, max_shift]`` along each axis, filling with the image's background (its minimum)."""
     if max_shift == 0:
@@ -93,6 +123,13 @@ def _make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
                            weight_decay=recipe.weight_decay)
 
 
+def _check_pair(x, y) -> None:
+    validate.tensor(x, "x")
+    validate.tensor(y, "y")
+    if len(x) != len(y):
+        raise ValueError(f"x and y must be of equal length, got {len(x)} and {len(y)}")
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -104,23 +141,47 @@ def fit(
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
     on_step_end: Callable[[int, nn.Module], None] | None = None,
 ) -> list[float]:
-    """Train ``model`` in place on ``(x, y)`` with ``recipe``; return the mean loss of each epoch.
+    """Train ``model`` in place on ``(x, y)`` with ``recipe``.
 
     The run is deterministic for a given seed and thread count: shuffling and jitter draw from a
     generator seeded with ``seed``, and the global generators (dropout) are seeded too.
-    ``loss_fn(model, xb, yb)`` replaces the default cross-entropy, e.g. with a distillation loss.
-    ``on_epoch_end(epoch, model)`` is called after each epoch (``epoch`` counts from 1), and
-    ``on_step_end(step, model)`` after each optimizer step (``step`` counts from 1), e.g. to prune
-    on a schedule.
+
+    Parameters
+    ----------
+    model
+        Any module; it is left in eval mode.
+    x, y
+        Inputs and targets, equal in length.
+    recipe
+        The hyperparameters.
+    seed
+        Seeds the shuffling, the jitter and the global generators.
+    loss_fn
+        ``loss_fn(model, xb, yb) -> loss`` replaces the default cross-entropy, e.g. with a
+        distillation loss.
+    progress
+        Show a progress bar over epochs.
+    on_epoch_end, on_step_end
+        ``f(epoch, model)`` after each epoch and ``f(step, model)`` after each optimizer step
+        (both count from 1), e.g. to prune on a schedule.
+
+    Returns
+    -------
+    list of float
+        The mean training loss of each epoch.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a module or ``x``/``y`` are not tensors.
+    ValueError
+        If ``x`` and ``y`` are empty or differ in length, or for a bad ``seed``.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
+    validate.module(model)
+    _check_pair(x, y)
     from tqdm import tqdm  # the text bar: works in terminals and notebooks without ipywidgets
 
     generator = set_seed(seed)
-    loss_fn = loss_fn or _cross_entropy
     optimizer = _make_optimizer(model, recipe)
     steps_per_epoch = -(-len(x) // recipe.batch_size)
     scheduler = None
@@ -129,35 +190,65 @@ def fit(
     losses, step = [], 0
     bar = tqdm(range(1, recipe.epochs + 1), desc="epoch", disable=not progress, leave=False)
     for epoch in bar:
-        model.train()
-        order = torch.randperm(len(x), generator=generator)
-        total = 0.0
-        for start in range(0, len(x), recipe.batch_size):
-            idx = order[start : start + recipe.batch_size]
-            xb = random_shift(x[idx], recipe.jitter, generator)
-            loss = loss_fn(model, xb, y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            step += 1
-            if on_step_end is not None:
-                on_step_end(step, model)
-            total += loss.item() * len(idx)
-        losses.append(total / len(x))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        loss, step = _epoch(model, x, y, recipe, generator, loss_fn or _cross_entropy, optimizer, scheduler,
+                            step, on_step_end)
+        losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.4f}")
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
     model.eval()
     return losses
 
 
+def _epoch(model, x, y, recipe, generator, loss_fn, optimizer, scheduler, step, on_step_end) -> tuple[float, int]:
+    """One pass over ``(x, y)`` in a random order; returns the mean loss and the step count."""
+    model.train()
+    order = torch.randperm(len(x), generator=generator)
+    total = 0.0
+    for start in range(0, len(x), recipe.batch_size):
+        idx = order[start : start + recipe.batch_size]
+        xb = _random_shift(x[idx], recipe.jitter, generator)
+        loss = loss_fn(model, xb, y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        step += 1
+        if on_step_end is not None:
+            on_step_end(step, model)
+        total += loss.item() * len(idx)
+    return total / len(x), step
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Logits of ``model`` (in eval mode) on ``x``, computed in batches: ``(n, classes)``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    """Outputs of ``model`` in eval mode on ``x``, computed in batches.
+
+    Parameters
+    ----------
+    model
+        Any module; its training flag is restored afterwards.
+    x
+        Inputs, batched along the first axis.
+    batch_size
+        Inputs per forward pass, >= 1.
+
+    Returns
+    -------
+    torch.Tensor
+        The concatenated outputs, e.g. logits ``(n, classes)``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a module or ``x`` not a tensor.
+    ValueError
+        If ``x`` is empty or ``batch_size`` < 1.
+    """
+    validate.module(model)
+    validate.tensor(x, "x")
+    batch_size = validate.integer(batch_size, "batch_size", 1)
     was_training = model.training
     model.eval()
     try:
@@ -167,9 +258,28 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)``, as a fraction in [0, 1]."""
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
+    """Top-1 accuracy of ``model`` on ``(x, y)``.
+
+    Parameters
+    ----------
+    model
+        A classifier returning logits ``(batch, classes)``.
+    x, y
+        Inputs and integer labels, equal in length.
+    batch_size
+        Inputs per forward pass.
+
+    Returns
+    -------
+    float
+        The fraction of correct predictions, in [0, 1].
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`predict`; ValueError also if ``x`` and ``y`` differ in length.
+    """
+    _check_pair(x, y)
     return (predict(model, x, batch_size).argmax(1) == y).float().mean().item()
 
 

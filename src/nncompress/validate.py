@@ -22,6 +22,18 @@ __all__ = ["module", "integer", "number", "fraction", "choice", "tensor", "mappi
 def module(value, name: str = "model") -> nn.Module:
     """``value`` if it is a ``torch.nn.Module``.
 
+    Parameters
+    ----------
+    value
+        What the caller passed.
+    name
+        The argument's name, for the message.
+
+    Returns
+    -------
+    nn.Module
+        ``value``.
+
     Raises
     ------
     TypeError
@@ -33,7 +45,21 @@ def module(value, name: str = "model") -> nn.Module:
 
 
 def integer(value, name: str, low: int | None = None, high: int | None = None) -> int:
-    """``value`` as an ``int`` in ``[low, high]`` (either bound may be None: unbounded).
+    """``value`` as an ``int`` in ``[low, high]``.
+
+    Parameters
+    ----------
+    value
+        What the caller passed.
+    name
+        The argument's name, for the message.
+    low, high
+        The bounds, included; None for unbounded.
+
+    Returns
+    -------
+    int
+        ``value``.
 
     Raises
     ------
@@ -55,8 +81,21 @@ def number(value, name: str, low: float | None = None, high: float | None = None
            low_open: bool = False, high_open: bool = False) -> float:
     """``value`` as a finite ``float`` in the interval from ``low`` to ``high``.
 
-    The bounds are included unless ``low_open``/``high_open``; a None bound is unbounded.
-    A 0-d tensor is accepted.
+    Parameters
+    ----------
+    value
+        What the caller passed: a real number or a one-element tensor.
+    name
+        The argument's name, for the message.
+    low, high
+        The bounds; None for unbounded.
+    low_open, high_open
+        Exclude the bound (by default both are included).
+
+    Returns
+    -------
+    float
+        ``value``.
 
     Raises
     ------
@@ -80,12 +119,42 @@ def number(value, name: str, low: float | None = None, high: float | None = None
 
 
 def fraction(value, name: str) -> float:
-    """A fraction in ``[0, 1)``, such as a sparsity (the fraction of weights removed)."""
+    """A fraction in ``[0, 1)``, such as a sparsity (the fraction of weights removed).
+
+    Parameters
+    ----------
+    value, name
+        As :func:`number`.
+
+    Returns
+    -------
+    float
+        ``value``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`number`.
+    """
     return number(value, name, 0.0, 1.0, high_open=True)
 
 
 def choice(value, name: str, choices: Iterable):
     """``value`` if it is one of ``choices``.
+
+    Parameters
+    ----------
+    value
+        What the caller passed.
+    name
+        The argument's name, for the message.
+    choices
+        The allowed values.
+
+    Returns
+    -------
+    object
+        ``value``.
 
     Raises
     ------
@@ -108,6 +177,10 @@ def tensor(value, name: str, dim: int | None = None, nonempty: bool = True, floa
 
     Parameters
     ----------
+    value
+        What the caller passed.
+    name
+        The argument's name, for the message.
     dim
         The required number of dimensions, or None for any.
     nonempty
@@ -116,6 +189,11 @@ def tensor(value, name: str, dim: int | None = None, nonempty: bool = True, floa
         Require a floating-point dtype.
     finite
         Refuse NaN and infinite entries.
+
+    Returns
+    -------
+    torch.Tensor
+        ``value``.
 
     Raises
     ------
@@ -140,6 +218,18 @@ def tensor(value, name: str, dim: int | None = None, nonempty: bool = True, floa
 def mapping(value, name: str) -> Mapping:
     """``value`` if it is a mapping (a dict, for example).
 
+    Parameters
+    ----------
+    value
+        What the caller passed.
+    name
+        The argument's name, for the message.
+
+    Returns
+    -------
+    Mapping
+        ``value``.
+
     Raises
     ------
     TypeError
@@ -151,7 +241,23 @@ def mapping(value, name: str) -> Mapping:
 
 
 def bits(value, name: str = "bits") -> int:
-    """A bit width: an int in [1, 16]."""
+    """A bit width: an int in [1, 16].
+
+    Parameters
+    ----------
+    value, name
+        As :func:`integer`.
+
+    Returns
+    -------
+    int
+        ``value``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`integer`.
+    """
     return integer(value, name, 1, 16)
 
 
