@@ -1,6 +1,9 @@
 # Compressing Neural Networks: build the book and test everything.
-#   make book   create .venv if needed, install, build the HTML (warnings are errors)
-#   make test   unit tests, every notebook under nbval, bibliography and hygiene checks
+#   make book   create .venv if needed, install, build the HTML (warnings are errors); executes
+#               only the notebooks that are not in _build/.jupyter_cache
+#   make test   unit tests, every notebook under nbval, bibliography and hygiene checks; every
+#               notebook that passes is written into _build/.jupyter_cache (tests/conftest.py),
+#               so `make book` after `make test` executes each notebook once in all
 #   make pdf    the whole book as one PDF (single-page HTML printed by headless Chromium)
 #   make lab    open JupyterLab on the book
 SHELL := /bin/bash
@@ -42,6 +45,7 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "Open _build/html/index.html in a browser."
 
+# `tests` must stay among the paths: its conftest.py caches the notebooks nbval executed.
 test: $(STAMP)
 	$(PYTHON) -m pytest --nbval-lax --nbval-cell-timeout=600 tests book
 

@@ -27,6 +27,12 @@ def test_known_layout_lsb_first():
 def test_bad_input():
     with pytest.raises(ValueError, match="bits"):
         coding.pack_bits(torch.tensor([0]), 0)
+    with pytest.raises(TypeError, match="bits"):
+        coding.pack_bits(torch.tensor([0]), 2.0)
+    with pytest.raises(ValueError, match="index_bits"):
+        coding.relative_encode(torch.tensor([0, 1]), 17)
+    with pytest.raises(ValueError, match="count"):
+        coding.packed_nbytes(-1, 8)
     with pytest.raises(ValueError, match="codes"):
         coding.pack_bits(torch.tensor([4]), 2)
     with pytest.raises(ValueError, match="codes"):
@@ -53,7 +59,10 @@ def test_huffman_is_prefix_free_round_trips_and_meets_the_entropy_bound(counts, 
     code = coding.HuffmanCode.from_counts(counts)
     assert is_prefix_free(list(code.words().values()))
     h, mean = coding.entropy(counts), code.mean_length(counts)
-    assert h - 1e-9 <= mean < h + 1 + 1e-9
+    if len(counts) > 1:
+        assert h - 1e-9 <= mean < h + 1 - 1e-12  # strict: L < H + 1
+    else:
+        assert h == 0.0 and mean == 1.0  # one symbol: L = H + 1, the bound's exception
     # no worse than the Shannon code, whose lengths are ceil(-log2 p)
     total = sum(counts.values())
     shannon = sum(n * math.ceil(-math.log2(n / total) - 1e-12) for n in counts.values()) / total
@@ -72,6 +81,46 @@ def test_huffman_on_a_textbook_example():
     assert coding.huffman_lengths({7: 3}) == {7: 1}  # one symbol still needs a bit
 
 
+def test_one_symbol_is_the_exception_to_the_entropy_bound():
+    counts = {7: 1000}
+    code = coding.HuffmanCode.from_counts(counts)
+    h, mean = coding.entropy(counts), code.mean_length(counts)
+    assert h == 0.0 and mean == 1.0 == h + 1  # L < H + 1 fails; H <= L holds
+    symbols = torch.full((37,), 7)
+    data, nbits = code.encode(symbols)
+    assert nbits == 37 and torch.equal(code.decode(data, 37), symbols)
+
+
+def fibonacci_counts(n):
+    """Counts 1, 1, 2, 3, 5, ...: the most skewed source, whose longest Huffman code has n - 1 bits."""
+    counts = [1, 1]
+    while len(counts) < n:
+        counts.append(counts[-1] + counts[-2])
+    return dict(enumerate(counts))
+
+
+def test_a_skewed_source_with_long_codes_decodes_exactly_in_little_memory():
+    import tracemalloc
+
+    counts = fibonacci_counts(30)
+    code = coding.HuffmanCode.from_counts(counts)
+    assert code.max_length == 29 >= 26
+    assert sorted(code.lengths.values()) == sorted([29] + list(range(1, 30)))  # lengths 1, 2, ..., 29, 29
+    g = torch.Generator().manual_seed(0)
+    symbols = torch.cat([torch.arange(30), torch.randint(0, 30, (3000,), generator=g)])
+    symbols = symbols[torch.randperm(len(symbols), generator=g)]
+    data, nbits = code.encode(symbols)
+    tracemalloc.start()
+    try:
+        decoded = code.decode(data, len(symbols))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert torch.equal(decoded, symbols)
+    # a table of 2**29 entries would take gigabytes; canonical decoding takes a few bytes per bit
+    assert peak < 64 * nbits + (1 << 20), peak
+
+
 def test_huffman_rejects_bad_input():
     with pytest.raises(ValueError, match="counts"):
         coding.huffman_lengths({})
@@ -79,6 +128,10 @@ def test_huffman_rejects_bad_input():
         coding.huffman_lengths({1: 0})
     with pytest.raises(ValueError, match="prefix code"):
         coding.HuffmanCode({0: 1, 1: 1, 2: 1})
+    with pytest.raises(ValueError, match="lengths"):
+        coding.HuffmanCode({0: 1, 1: 63})
+    with pytest.raises(ValueError, match="invalid code word"):
+        coding.HuffmanCode({0: 2, 1: 2}).decode(bytes([0b11000000]), 1)  # 11 is no code word
     code = coding.HuffmanCode.from_counts({0: 5, 1: 3, 2: 1})
     with pytest.raises(ValueError, match="no code word"):
         code.encode(torch.tensor([0, 3]))

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from nncompress import distillation as kd
-from nncompress.models import LeNet5, MLP, capture_features
+from nncompress.layers import capture_features
+from nncompress.models import LeNet5, MLP
 from nncompress.train import Recipe, fit
 
 
@@ -85,12 +86,59 @@ def test_soft_targets_are_distributions_that_soften_with_temperature():
     assert (entropy(hot) > entropy(cold)).all()
 
 
-@pytest.mark.parametrize("temperature", [0, -1.0, float("nan"), float("inf"), True, "2"])
-def test_bad_temperature_is_rejected(temperature):
-    with pytest.raises(ValueError, match="temperature"):
+@pytest.mark.parametrize("temperature,error", [(0, ValueError), (-1.0, ValueError), (float("nan"), ValueError),
+                                               (float("inf"), ValueError), (True, TypeError), ("2", TypeError)])
+def test_bad_temperature_is_rejected(temperature, error):
+    with pytest.raises(error, match="temperature"):
         kd.kd_loss(logits(0), logits(1), temperature)
-    with pytest.raises(ValueError, match="temperature"):
+    with pytest.raises(error, match="temperature"):
         kd.KD(temperature)
+    with pytest.raises(error, match="temperature"):
+        kd.soft_targets(logits(0), temperature)
+
+
+@pytest.mark.parametrize("loss", [
+    lambda s, t: kd.kd_loss(s, t, 4.0),
+    lambda s, t: kd.kd_loss(s, t, 4.0, alpha=0.5, targets=torch.zeros(0, dtype=torch.long)),
+    kd.logit_matching_loss,
+])
+def test_losses_on_an_empty_batch_raise_instead_of_returning_nan(loss):
+    with pytest.raises(ValueError, match="empty"):
+        loss(torch.zeros(0, 10), torch.zeros(0, 10))
+
+
+def test_feature_losses_on_an_empty_batch_raise():
+    empty = torch.zeros(0, 4, 5, 5)
+    with pytest.raises(ValueError, match="empty"):
+        kd.attention_transfer_loss(empty, empty)
+    with pytest.raises(ValueError, match="empty"):
+        kd.HintLoss(4, 4)(empty, empty)
+    with pytest.raises(ValueError, match="batch"):
+        kd.rkd_distance_loss(torch.zeros(0, 3), torch.zeros(0, 3))
+    with pytest.raises(ValueError, match="empty"):
+        kd.CrossEntropy()(kd.Outputs(torch.zeros(0, 10)), None, torch.zeros(0, dtype=torch.long))
+
+
+@pytest.mark.parametrize("make,name", [
+    (lambda: kd.Relational(distance_weight=-1.0), "distance_weight"),
+    (lambda: kd.Relational(angle_weight=float("nan")), "angle_weight"),
+    (lambda: kd.KD(2.0, weight=-0.5), "weight"),
+    (lambda: kd.Attention([("a", "b")], p=0), "p"),
+    (lambda: kd.HintLoss(3, 0), "teacher_channels"),
+])
+def test_messages_name_the_argument_the_caller_passed(make, name):
+    with pytest.raises(ValueError, match=rf"^{name} must"):
+        make()
+
+
+@pytest.mark.parametrize("make,name", [
+    (lambda: kd.Relational(distance_weight="1"), "distance_weight"),
+    (lambda: kd.HintLoss(3.0, 5), "student_channels"),
+    (lambda: kd.kd_loss(logits(0), logits(1), 2.0, alpha=True), "alpha"),
+])
+def test_arguments_of_the_wrong_kind_raise_type_error(make, name):
+    with pytest.raises(TypeError, match=rf"^{name} must"):
+        make()
 
 
 @pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan")])
@@ -231,7 +279,7 @@ def test_capture_features_records_and_always_removes_hooks():
 
 def test_capture_features_rejects_unknown_layers_and_kinds():
     model = LeNet5((2, 3), hidden=8)
-    with pytest.raises(ValueError, match="not in model"):
+    with pytest.raises(ValueError, match="conv9"):
         with capture_features(model, ["conv9"]):
             pass
     with pytest.raises(ValueError, match="kind"):

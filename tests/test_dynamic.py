@@ -11,7 +11,6 @@ from nncompress.train import Recipe, fit
 from conftest import blobs as _blobs
 
 
-
 def blobs(n=200, seed=0):
     return _blobs(n, seed)
 
@@ -45,7 +44,7 @@ def test_exit_rule_on_hand_made_logits():
 def test_dynamic_execution_agrees_with_the_rule_and_skips_work():
     model = small_net()
     x, y = blobs(300)
-    fit(model, x, y, Recipe(epochs=2, lr=3e-3, optimizer="adam"), loss_fn=D.exit_loss())
+    fit(model, x, y, Recipe(epochs=2, lr=3e-3, optimizer="adam"), loss_fn=D.exit_loss(), seed=0)
     with torch.no_grad():
         logits = model(x)
         middle = D.confidence(logits[0]).median().item()  # about half the inputs leave at exit 1
@@ -71,28 +70,39 @@ def test_exit_costs_grow_and_match_the_harness():
     assert costs[0] == 2 * (4 * 24 * 24 * 25 + 4 * 36 * 10)
 
 
-def test_threshold_sweep_is_consistent():
+def test_threshold_sweep_agrees_with_dynamic_execution():
     model = small_net()
     x, y = blobs(300)
-    fit(model, x, y, Recipe(epochs=2, lr=3e-3, optimizer="adam"), loss_fn=D.exit_loss())
+    fit(model, x, y, Recipe(epochs=2, lr=3e-3, optimizer="adam"), loss_fn=D.exit_loss(), seed=0)
     costs = D.exit_costs(model)
-    rows = D.threshold_sweep(model, x, y, [0.0, 0.9, 1.0])
+    thresholds = [0.0, 0.5, 0.9, 0.99, 1.0]
+    rows = D.threshold_sweep(model, x, y, thresholds)
     assert rows[0]["fractions"] == [1.0, 0.0, 0.0] and rows[0]["flops"] == pytest.approx(costs[0])
     assert rows[-1]["fractions"] == [0.0, 0.0, 1.0] and rows[-1]["flops"] == pytest.approx(costs[-1])
-    final = (model(x)[-1].argmax(1) == y).double().mean().item()
-    assert rows[-1]["accuracy"] == pytest.approx(final)
-    for row in rows:
-        assert sum(row["fractions"]) == pytest.approx(1.0)
-        assert row["flops"] == pytest.approx(sum(f * c for f, c in zip(row["fractions"], costs)))
+    with torch.no_grad():
+        final = (model(x)[-1].argmax(1) == y).double().mean().item()
+        assert rows[-1]["accuracy"] == pytest.approx(final)
+        for t, row in zip(thresholds, rows):  # the sweep's figures are those of running the network dynamically
+            dynamic = D.DynamicExit(model, t)
+            correct = (dynamic(x).argmax(1) == y).double().mean().item()
+            exits = dynamic.last_exits
+            assert row["accuracy"] == pytest.approx(correct)
+            assert row["fractions"] == pytest.approx([(exits == k).double().mean().item() for k in range(3)])
+            assert row["flops"] == pytest.approx(torch.tensor(costs, dtype=torch.float64)[exits].mean().item())
+    flops = [row["flops"] for row in rows]
+    assert flops == sorted(flops)  # a higher threshold never lets an input leave earlier
 
 
-@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.5", True])
-def test_bad_thresholds_are_rejected(bad):
+@pytest.mark.parametrize("bad, error", [(-0.1, ValueError), (1.5, ValueError), (float("nan"), ValueError),
+                                        ("0.5", TypeError), (True, TypeError)])
+def test_bad_thresholds_are_rejected(bad, error):
     model = small_net()
-    with pytest.raises(ValueError, match=r"threshold must be a number in \[0, 1\]"):
+    with pytest.raises(error, match=r"threshold must be a (finite )?number in \[0, 1\]"):
         D.DynamicExit(model, bad)
-    with pytest.raises(ValueError, match="threshold"):
+    with pytest.raises(error, match="threshold"):
         D.choose_exits([torch.zeros(1, 10)] * 2, bad)
+    with pytest.raises(error, match=r"thresholds\[1\]"):
+        D.threshold_sweep(model, *blobs(4), [0.5, bad])
 
 
 def test_bad_construction_is_rejected():
@@ -100,7 +110,17 @@ def test_bad_construction_is_rejected():
         D.EarlyExitNet([nn.Identity()], [nn.Identity(), nn.Identity()])
     with pytest.raises(TypeError, match="EarlyExitNet"):
         D.DynamicExit(nn.Linear(2, 2), 0.5)
-    with pytest.raises(ValueError, match="weights"):
+    with pytest.raises(ValueError, match=r"weights\[0\]"):
         D.exit_loss([-1.0, 1.0])
+    with pytest.raises(TypeError, match=r"weights\[1\]"):
+        D.exit_loss([1.0, "1"])
+    with pytest.raises(ValueError, match="weights"):
+        D.exit_loss([])
+    with pytest.raises(ValueError, match="hidden"):
+        D.early_exit_lenet(hidden=0)
+    with pytest.raises(TypeError, match=r"channels\[1\]"):
+        D.early_exit_lenet(channels=(4, 2.5))
+    with pytest.raises(TypeError, match="EarlyExitNet"):
+        D.exit_costs(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="2 weights for 3 exits"):
         D.exit_loss([1.0, 1.0])(small_net(), *blobs(4))

@@ -66,6 +66,9 @@ def test_capture_features_expands_patterns_and_removes_its_hooks():
         model(tokens(2))
     assert sorted(seen) == ["ffn.fc1", "ffn.fc2"] and seen["ffn.fc2"].shape == (2, 10, 64)
     assert not model.ffn.fc1._forward_hooks
+    with layers.capture_features(model, []) as nothing:
+        model(tokens(2))
+    assert nothing == {}
 
 
 def test_parametrizations_chain_in_order_and_bake_to_their_output():

@@ -124,3 +124,37 @@ def test_ci_runs_exactly_the_two_commands():
     commands = [line.strip() for line in run.splitlines() if line.strip().startswith("make ")]
     assert commands == ["make test", "make book"]
     assert "../shared/data" in run
+
+
+def test_book_cache_is_the_one_make_book_reads():
+    from conftest import book_cache_dir
+
+    assert book_cache_dir() == ROOT / CONFIG["execute"]["cache"]
+
+
+def test_notebooks_executed_by_nbval_are_found_in_the_book_cache(tmp_path):
+    import nbformat
+    from jupyter_cache import get_cache
+
+    from conftest import cache_executed
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    nb.nbformat_minor = 4
+    nb.cells = [nbformat.v4.new_markdown_cell("{glue:text}`x`"), nbformat.v4.new_code_cell("glue('x', 1)"),
+                nbformat.v4.new_code_cell("x", metadata={"tags": ["keep"]})]
+    for cell in nb.cells:
+        cell.pop("id", None)
+    path = tmp_path / "book" / "demo.ipynb"
+    path.parent.mkdir()
+    nbformat.write(nb, str(path))
+    glued = {"output_type": "display_data", "data": {"application/papermill.record/text/plain": "1"},
+             "metadata": {"scrapbook": {"name": "x", "mime_prefix": "application/papermill.record/"}}}
+    result = {"output_type": "execute_result", "data": {"text/plain": "1"}, "metadata": {}, "execution_count": 7}
+    cache_executed(path, [[glued], [result]], tmp_path / "cache", seconds=1.5)
+    # what myst_nb does in `execute_notebooks: cache` mode, on the notebook as committed
+    _, merged = get_cache(str(tmp_path / "cache")).merge_match_into_notebook(nbformat.read(str(path), as_version=4))
+    code = [c for c in merged.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == [1, 2] and code[1].metadata == {"tags": ["keep"]}
+    assert code[0].outputs[0].metadata["scrapbook"]["name"] == "x" and code[1].outputs[0].execution_count == 2
+    with pytest.raises(ValueError, match="2 code cells"):
+        cache_executed(path, [[glued]], tmp_path / "cache")  # a notebook that did not run to the end

@@ -43,6 +43,11 @@ def test_energy_and_break_even_ranks():
         L.energy_rank(s, 0.0)
     with pytest.raises(ValueError, match="energy"):
         L.energy_rank(s, 1.5)
+    with pytest.raises(ValueError, match="singular_values"):
+        L.energy_rank(torch.tensor([]), 0.9)
+    with pytest.raises(ValueError, match="singular_values"):
+        L.truncation_error(torch.tensor([]), 1)
+    assert L.energy_rank(torch.zeros(3), 0.9) == 1  # an all-zero spectrum: rank 1 keeps everything
 
 
 def test_factorized_linear_equals_dense_layer_with_reconstructed_weight():
@@ -98,7 +103,7 @@ def test_factorize_model_by_rank_energy_and_data():
     assert small(x).shape == (64, 10)
     by_energy = L.factorize(model, energy=0.5, layers=["fc1"])
     assert by_energy.fc1.rank == L.energy_rank(torch.linalg.svdvals(model.fc1.weight.double()), 0.5)
-    aware = L.factorize(model, {"fc1": 20}, data=x)
+    aware = L.factorize(model, {"fc1": 20}, inputs=x)
     inputs = L.layer_inputs(model, x, ["fc1"])["fc1"]
     assert inputs.shape == (64, 784)
     err = lambda m: (m.fc1(inputs) - model.fc1(inputs)).norm()  # noqa: E731
@@ -113,11 +118,18 @@ def test_factorize_model_by_rank_energy_and_data():
     (lambda: L.factorize_linear(nn.Linear(4, 5), rank=2, inputs=torch.randn(10, 3)), "features"),
     (lambda: L.factorize(models.lenet_300_100(), {"fc9": 3}), "fc9"),
     (lambda: L.factorize(models.lenet_300_100()), "ranks or energy"),
+    (lambda: L.factorize(models.lenet_300_100(), {"fc1": 3}, energy=0.5), "ranks or energy"),
+    (lambda: L.factorize(models.lenet_300_100(), {"fc1": 3}, layers="fc2"), "layers"),
+    (lambda: L.factorize(models.lenet_300_100(), {"fc*": 0}), "ranks"),
+    (lambda: L.factorize(models.lenet_300_100(), energy=0.0), "energy"),
+    (lambda: L.factorize(models.lenet_300_100(), {"fc1": 3}, inputs=torch.zeros(0, 784)), "inputs"),
+    (lambda: L.factorize_kronecker(models.lenet_300_100(), {"fc1": ((15, 28), (20, 27))}), "factor"),
+    (lambda: L.factorize_kronecker(models.lenet_300_100(), {"fc9": ((15, 28), (20, 28))}), "fc9"),
     (lambda: L.nearest_kronecker(torch.randn(6, 8), (2, 3), (3, 3)), "factor"),
     (lambda: L.nearest_kronecker(torch.randn(6, 8), (2, 2), (3, 4), rank=5), "rank"),
     (lambda: L.tucker2_conv(nn.Conv2d(3, 8, 3), (9, 2)), "ranks"),
     (lambda: L.decompose_convs(models.lenet5(), "svd", {"conv1": 3}), "method"),
-    (lambda: L.decompose_convs(models.lenet5(), "cp", {"fc1": 3}), "Conv2d"),
+    (lambda: L.decompose_convs(models.lenet5(), "cp", {"conv*": 0}), "rank"),
 ])
 def test_bad_input_raises_value_error(call, match):
     with pytest.raises(ValueError, match=match):
@@ -128,6 +140,11 @@ def test_bad_input_raises_value_error(call, match):
     lambda: L.factorize_linear(nn.Conv2d(3, 3, 3), rank=1),
     lambda: L.cp_conv(nn.Linear(3, 3), 2),
     lambda: L.kronecker_linear(nn.Conv2d(3, 3, 1), (1, 1), (3, 3)),
+    lambda: L.decompose_convs(models.lenet5(), "cp", {"fc1": 3}),  # names a Linear layer
+    lambda: L.factorize(models.lenet5(), {"conv1": 3}),  # names a Conv2d layer
+    lambda: L.factorize_kronecker(models.lenet_300_100(), {"fc1": (15, 28)}),  # not a pair of shapes
+    lambda: L.cp_conv(nn.Conv2d(3, 3, 3), 2.5),
+    lambda: L.svd_factors([[1.0]], 1),
 ])
 def test_unsupported_layers_raise_type_error(call):
     with pytest.raises(TypeError):
@@ -232,3 +249,63 @@ def test_kronecker_linear_from_a_linear_layer():
     x = torch.randn(5, 784, generator=_gen(13))
     assert torch.allclose(layer(x), x @ layer.weight.T + linear.bias, atol=1e-4)
     assert layer.in_features == 784 and layer.out_features == 300
+
+
+# --------------------------------------------------------------------------- model-level selection
+
+def test_factorize_selects_layers_by_pattern_and_type_and_leaves_the_model_untouched():
+    model = models.lenet_300_100().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(32, 1, 28, 28, generator=_gen(14))
+    small = L.factorize(model, {"fc*": 8, "fc3": 4}, inputs=x)  # the later key wins for fc3
+    assert [small.fc1.rank, small.fc2.rank, small.fc3.rank] == [8, 8, 4]
+    by_type = L.factorize(model, {nn.Linear: 5})
+    assert all(isinstance(m, L.LowRankLinear) and m.rank == 5 for m in (by_type.fc1, by_type.fc2, by_type.fc3))
+    by_energy = L.factorize(model, energy=0.9, layers="fc[12]")
+    assert isinstance(by_energy.fc3, nn.Linear) and isinstance(by_energy.fc2, L.LowRankLinear)
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(isinstance(m, nn.Linear) for m in (model.fc1, model.fc2, model.fc3))
+
+
+def test_in_place_variants_equal_the_copies():
+    model = models.lenet5().eval()
+    x = torch.randn(3, 1, 28, 28, generator=_gen(15))
+
+    def twin():
+        other = models.lenet5().eval()
+        other.load_state_dict(model.state_dict())
+        return other
+
+    with torch.no_grad():
+        pairs = [(L.factorize(model, {"fc1": 7}), L.factorize_(twin(), {"fc1": 7})),
+                 (L.decompose_convs(model, "tucker2", {"conv1": (5, 1)}),
+                  L.decompose_convs_(twin(), "tucker2", {"conv1": (5, 1)})),
+                 (L.factorize_kronecker(model, {"fc2": ((2, 20), (5, 25))}),
+                  L.factorize_kronecker_(twin(), {"fc2": ((2, 20), (5, 25))}))]
+        for copy_, in_place in pairs:
+            torch.testing.assert_close(copy_(x), in_place(x))
+    assert isinstance(model.fc1, nn.Linear) and isinstance(model.conv2, nn.Conv2d)
+
+
+def test_layer_inputs_treat_every_token_as_a_row():
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)).train()
+    x = torch.randn(5, 7, 6, generator=_gen(16))  # (batch, tokens, features)
+    seen = L.layer_inputs(model, x, "2", batch_size=2)
+    assert seen["2"].shape == (35, 4) and model.training
+    torch.testing.assert_close(seen["2"], torch.relu(model[0](x)).reshape(-1, 4))
+
+
+def test_factorize_kronecker_on_lenet_equals_the_nearest_kronecker_factors():
+    model = models.lenet_300_100()
+    kron = L.factorize_kronecker(model, {"fc1": ((15, 28), (20, 28))}, rank=2)
+    a, b = L.nearest_kronecker(model.fc1.weight, (15, 28), (20, 28), rank=2)
+    assert isinstance(kron.fc1, L.KroneckerLinear) and isinstance(model.fc1, nn.Linear)
+    torch.testing.assert_close(kron.fc1.weight, torch.kron(a[0], b[0]) + torch.kron(a[1], b[1]))
+    assert kron(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.filterwarnings("ignore:Trying to compute SVD with n_eigenvecs")
+def test_cp_conv_is_reproducible_by_seed():
+    conv = nn.Conv2d(4, 6, 3)
+    one, two = (L.cp_conv(conv, 12, seed=3, n_iter_max=5) for _ in range(2))  # rank 12 > 3: random completion
+    assert all(torch.equal(p, q) for p, q in zip(one.parameters(), two.parameters()))

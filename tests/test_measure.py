@@ -2,13 +2,14 @@
 
 import io
 import math
+import platform
 
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from nncompress import measure, models
+from nncompress import measure, models, timing
 
 
 class Mask(nn.Module):
@@ -75,22 +76,31 @@ def test_layer_breakdown_adds_up_to_the_totals():
 
 
 def test_latency_is_measured_with_fixed_threads_and_restores_the_setting():
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return x
+
     before = torch.get_num_threads()
-    seconds = measure.measure_latency(models.lenet_300_100(), batch_size=4, threads=1, min_run_time=0.05)
-    assert 0 < seconds < 1 and torch.get_num_threads() == before
-    # a 64x larger batch of a compute-bound model takes longer
-    small = measure.measure_latency(models.lenet5(), batch_size=1, min_run_time=0.05)
-    large = measure.measure_latency(models.lenet5(), batch_size=64, min_run_time=0.05)
-    assert large > 2 * small
+    torch.set_num_threads(2)
+    try:
+        seconds = measure.measure_latency(Spy(), batch_size=4, threads=1, min_run_time=0.01, warmup=2)
+        assert torch.get_num_threads() == 2  # restored, although the model ran on one thread
+    finally:
+        torch.set_num_threads(before)
+    assert seconds > 0 and seen and set(seen) == {1}
 
 
 def test_profile_collects_everything():
     model = models.lenet_300_100()
-    x, y = torch.randn(50, 1, 28, 28), torch.randint(0, 10, (50,))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 1, 28, 28, generator=g), torch.randint(0, 10, (50,), generator=g)
     p = measure.profile(model, "mlp", data=(x, y), batch_sizes=(1, 8), min_run_time=0.05)
     assert p.accuracy == pytest.approx((model(x).argmax(1) == y).float().mean().item())
     assert p.error == pytest.approx(1 - p.accuracy)
-    assert (p.params, p.nonzeros, p.flops) == (266_610, 266_610, measure.count_flops(model))
+    assert (p.params, p.nonzeros, p.flops) == (266_610, 266_610, 2 * (784 * 300 + 300 * 100 + 100 * 10))
     assert set(p.latency) == {1, 8} and p.bytes_source == "state_dict"
     row = p.as_dict()
     assert row["latency_b8_s"] == p.latency[8] and "latency" not in row
@@ -103,7 +113,7 @@ def test_profile_counts_a_custom_encoding():
     assert p.bytes == 2 * 266_610 and p.bytes_source == "custom" and p.latency == {}
 
 
-@pytest.mark.parametrize("bad", [None, "model", torch.randn(3), lambda x: x])
+@pytest.mark.parametrize("bad", [None, "model", torch.zeros(3), lambda x: x])
 def test_harness_rejects_non_modules(bad):
     for fn in (measure.profile, measure.count_params, measure.serialized_bytes, measure.count_flops,
                measure.measure_latency, measure.layer_breakdown):
@@ -168,7 +178,7 @@ def test_comparison_table_rejects_bad_input():
 def test_environment_reports_provenance():
     env = measure.environment()
     assert env["torch"] == str(torch.__version__) and env["threads"] >= 1 and env["cpu"]
-    assert not math.isnan(float(env["python"].split(".")[0]))
+    assert env["python"] == platform.python_version()
 
 
 def test_table_from_records():
@@ -224,14 +234,47 @@ class Tagged(nn.Module):
 def test_measure_latencies_times_the_models_in_turns():
     log = []
     seconds = measure.measure_latencies({"a": Tagged("a", log), "b": Tagged("b", log)}, 1, (4,), min_run_time=0.01,
-                                        rounds=3)
-    assert set(seconds) == {"a", "b"} and all(0 < t < 0.01 for t in seconds.values())
+                                        rounds=3, max_rounds=3)
+    assert set(seconds) == {"a", "b"} and all(t > 0 for t in seconds.values())
     runs = [name for i, name in enumerate(log) if i == 0 or log[i - 1] != name]  # the order of the stretches
     assert runs == ["a", "b"] * 3  # a, b; a, b; a, b: every round visits every model
 
 
+def scripted(monkeypatch, times):
+    """Replace each timing by the next of ``times[name]``; return the log of (round, name) calls."""
+    calls, queues = [], {name: list(t) for name, t in times.items()}
+
+    def fake(model, *args, **kwargs):
+        calls.append(model.name)
+        return queues[model.name].pop(0)
+
+    monkeypatch.setattr(timing, "measure_latency", fake)
+    return calls
+
+
+def test_measure_latencies_adds_rounds_until_the_fastest_is_matched(monkeypatch):
+    # a's fastest round (1.0) is matched within 5 % only in round 4; b's (2.0) already in round 2
+    calls = scripted(monkeypatch, {"a": [1.0, 1.2, 1.3, 1.04, 9.0], "b": [2.0, 2.05, 3.0, 2.5, 9.0]})
+    seconds = measure.measure_latencies({"a": Tagged("a", []), "b": Tagged("b", [])}, rounds=2)
+    assert seconds == {"a": 1.0, "b": 2.0}
+    assert calls == ["a", "b"] * 4  # every extra round times every model
+
+
+def test_measure_latencies_stops_at_max_rounds(monkeypatch):
+    calls = scripted(monkeypatch, {"a": [1.0 + i for i in range(10)]})  # never confirmed
+    assert measure.measure_latencies({"a": Tagged("a", [])}, rounds=2, max_rounds=5) == {"a": 1.0}
+    assert len(calls) == 5
+    calls = scripted(monkeypatch, {"a": [1.0 + i for i in range(10)]})
+    measure.measure_latencies({"a": Tagged("a", [])}, rounds=2)
+    assert len(calls) == 6  # 3 * rounds by default
+    calls = scripted(monkeypatch, {"a": [1.0, 1.3, 1.2]})
+    assert measure.measure_latencies({"a": Tagged("a", [])}, rounds=2, tolerance=0.5) == {"a": 1.0}
+    assert len(calls) == 2  # 1.3 is within 50 % of 1.0
+
+
 def test_profile_many_matches_profile_except_for_the_timing_schedule():
-    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)
     nets = {"mlp": models.lenet_300_100(), "cnn": models.lenet5()}
     many = measure.profile_many(nets, (x, y), batch_sizes=(1, 8), nbytes={"cnn": 1234}, min_run_time=0.02, rounds=2)
     for p, (name, net) in zip(many, nets.items()):
@@ -249,9 +292,60 @@ def test_measure_latencies_and_profile_many_reject_bad_arguments():
         measure.measure_latencies({})
     with pytest.raises(ValueError, match="rounds"):
         measure.measure_latencies({"a": net}, rounds=0)
+    with pytest.raises(ValueError, match="max_rounds"):
+        measure.measure_latencies({"a": net}, rounds=3, max_rounds=2)
+    with pytest.raises(ValueError, match="tolerance"):
+        measure.measure_latencies({"a": net}, tolerance=-0.1)
+    with pytest.raises(TypeError, match=r"models\['a'\]"):
+        measure.measure_latencies({"a": "net"})
     with pytest.raises(ValueError, match="not in models"):
         measure.profile_many({"a": net}, nbytes={"b": 10})
     with pytest.raises(TypeError, match="mapping"):
         measure.profile_many(net)
     with pytest.raises(ValueError, match="batch_sizes"):
         measure.profile_many({"a": net}, batch_sizes=(0,))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"threads": 1}, ValueError, "threads"), ({"threads": 2.0}, TypeError, "threads"),
+    ({"threads": True}, TypeError, "threads"), ({"size": 8}, ValueError, "size"),
+    ({"rounds": 0}, ValueError, "rounds"), ({"min_run_time": 0}, ValueError, "min_run_time"),
+    ({"min_run_time": float("nan")}, ValueError, "min_run_time")])
+def test_thread_scaling_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        measure.thread_scaling(**kwargs)
+
+
+def test_thread_scaling_restores_the_thread_count():
+    before = torch.get_num_threads()
+    scaling = measure.thread_scaling(rounds=1, min_run_time=0.02, size=64)
+    assert math.isfinite(scaling) and scaling > 0  # no bound on its value: that depends on the machine
+    assert torch.get_num_threads() == before
+
+
+def test_per_input_latencies_feeds_every_input_once_per_round_in_turns():
+    log, seen = [], []
+
+    class Spy(nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            log.append(self.name)
+            seen.append((self.name, x.clone()))
+            return x
+
+    inputs = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    seconds = measure.per_input_latencies({"a": Spy("a"), "b": Spy("b")}, inputs, rounds=2)
+    assert set(seconds) == {"a", "b"} and all(t > 0 for t in seconds.values())
+    runs = [name for i, name in enumerate(log) if i == 0 or log[i - 1] != name]
+    assert runs == ["a", "b", "a", "b"] and len(log) == 2 * (10 + 4) + 2 * 4  # warm-up in the first round only
+    timed = [x for name, x in seen if name == "a"][10:14]
+    assert all(torch.equal(x, inputs[i:i + 1]) for i, x in enumerate(timed))
+    with pytest.raises(ValueError, match="inputs"):
+        measure.per_input_latencies({"a": Spy("a")}, torch.zeros(0, 3))
+    with pytest.raises(ValueError, match="rounds"):
+        measure.per_input_latencies({"a": Spy("a")}, inputs, rounds=0)
+    with pytest.raises(TypeError, match="mapping"):
+        measure.per_input_latencies([Spy("a")], inputs)

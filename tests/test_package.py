@@ -40,20 +40,21 @@ def test_book_style_is_applied_only_when_called():
 def test_pareto_front_matches_brute_force():
     import random
 
+    from nncompress.measure import Profile, pareto_front
+
     rng = random.Random(0)
-    for _ in range(50):
-        n = rng.randint(1, 12)
-        costs = [rng.choice([1, 2, 3, 4, 5]) for _ in range(n)]
-        errors = [rng.choice([1, 2, 3, 4, 5]) for _ in range(n)]
-        front = plotting.pareto_front(costs, errors)
-        # i is on the front iff no j is at least as good in both and strictly better in one,
-        # keeping one representative of exact ties
-        dominated = {i for i in range(n) for j in range(n)
-                     if costs[j] <= costs[i] and errors[j] <= errors[i] and (costs[j], errors[j]) != (costs[i], errors[i])}
-        points = {(costs[i], errors[i]) for i in range(n) if i not in dominated}
-        assert sorted((costs[i], errors[i]) for i in front) == sorted(points)
-    with pytest.raises(ValueError, match="equal length"):
-        plotting.pareto_front([1, 2], [1])
+    for _ in range(200):
+        n = rng.randint(1, 12)  # few distinct values: many exact ties in cost, in error, or both
+        points = [(rng.choice([1, 2, 3, 4, 5]), rng.choice([1, 2, 3, 4, 5])) for _ in range(n)]
+        profiles = [Profile(f"p{i}", 1 - e / 100, 1, 1, c, 1) for i, (c, e) in enumerate(points)]
+        # i is on the front iff no j is at least as good in both and strictly better in one;
+        # exact ties (same cost and error) do not dominate each other, so all of them are kept
+        expected = {f"p{i}" for i, (c, e) in enumerate(points)
+                    if not any(c2 <= c and e2 <= e and (c2, e2) != (c, e) for c2, e2 in points)}
+        front = pareto_front(profiles, "bytes")
+        assert {p.name for p in front} == expected
+        assert [p.bytes for p in front] == sorted(p.bytes for p in front)  # cheapest first
+        assert [p.error for p in front] == sorted((p.error for p in front), reverse=True)  # then most accurate
 
 
 def test_pareto_plot_draws_points_and_front():
@@ -70,6 +71,9 @@ def test_pareto_plot_draws_points_and_front():
     plotting.pareto_plot(profiles, cost="bytes", ax=ax)
     line = ax.get_lines()[0]
     assert list(line.get_xdata()) == [50.0, 100.0]  # c is dominated by b
-    with pytest.raises(ValueError, match="cost"):
+    ax.clear()
+    plotting.pareto_plot(profiles, cost="latency_b1", ax=ax)
+    assert list(ax.get_lines()[0].get_xdata()) == [1.0]  # a is fastest and most accurate: it dominates
+    with pytest.raises(ValueError, match="axis"):
         plotting.pareto_plot(profiles, cost="energy", ax=ax)
     plt.close(fig)

@@ -1,22 +1,15 @@
-"""nncompress.quantization against torch's fake-quantize and int8 kernels, and the math's guarantees."""
-
-import copy
+"""nncompress.quantization on tensors: against torch's fake-quantize and torch.ao's observers, and
+the math's guarantees. Model-level tests are in test_quantization_models.py."""
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
+from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver
 
-from nncompress import measure, models, train
 from nncompress import quantization as Q
 
 DETERMINISTIC = settings(derandomize=True, database=None, deadline=None, max_examples=60)
-
-
-def _data(n=256, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
 # --------------------------------------------------------------------------- tensors
@@ -90,7 +83,7 @@ def test_learned_scale_gradient_matches_torch_learnable_fake_quantize():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(bits=0), "bits"), (dict(bits=17), "bits"), (dict(bits=4.0), "bits"),
+    (dict(bits=0), "bits"), (dict(bits=17), "bits"),
     (dict(scale=0.0), "scale"), (dict(scale=-1.0), "scale"), (dict(scale=float("nan")), "scale"),
     (dict(zero_point=256), "zero_point"), (dict(zero_point=-1), "zero_point"), (dict(zero_point=1.5), "zero_point"),
     (dict(axis=2), "axis"), (dict(axis=-3), "axis"),
@@ -102,6 +95,64 @@ def test_bad_input_raises_naming_the_argument(kwargs, match):
         Q.fake_quantize(torch.randn(3, 5), **args)
 
 
+def test_a_non_integer_bit_width_is_a_type_error():
+    with pytest.raises(TypeError, match="bits"):
+        Q.fake_quantize(torch.randn(3), 0.1, 0, bits=4.0)
+
+
+@pytest.mark.parametrize("lo,hi,match", [
+    (2.0, 1.0, "lo must not exceed hi"),  # both above 0: widening to [0, 2] would hide it
+    (-1.0, -2.0, "lo must not exceed hi"),  # both below 0
+    (torch.tensor([0.0, 3.0]), torch.tensor([1.0, 2.0]), "lo must not exceed hi"),  # one channel
+    (float("nan"), 1.0, "lo"), (0.0, float("nan"), "hi"),
+    (float("-inf"), 1.0, "lo"), (0.0, float("inf"), "hi"),
+])
+def test_qparams_refuses_bad_ranges_before_widening_them(lo, hi, match):
+    with pytest.raises(ValueError, match=match):
+        Q.qparams(lo, hi, 8)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: Q.minmax_range(x), lambda x: Q.minmax_range(x, axis=0), lambda x: Q.percentile_range(x),
+    lambda x: Q.mse_range(x), lambda x: Q.calibrated_range(x, "mse"), lambda x: Q.Observer()(x),
+])
+def test_ranges_and_observers_refuse_an_empty_tensor(call):
+    with pytest.raises(ValueError, match="x must not be empty"):
+        call(torch.empty(0, 4))
+
+
+@pytest.mark.parametrize("dtype,qscheme", [
+    (torch.quint8, torch.per_tensor_affine), (torch.qint8, torch.per_tensor_affine),
+    (torch.qint8, torch.per_tensor_symmetric), (torch.quint8, torch.per_tensor_symmetric),
+])
+def test_qparams_per_tensor_equal_torch_minmax_observer(dtype, qscheme):
+    for seed, shift in ((0, 0.0), (1, 3.0), (2, -3.0)):  # straddling zero, all positive, all negative
+        x = torch.randn(200, generator=torch.Generator().manual_seed(seed)) + shift
+        observer = MinMaxObserver(dtype=dtype, qscheme=qscheme)
+        observer(x)
+        ref_scale, ref_zero_point = observer.calculate_qparams()
+        symmetric = qscheme == torch.per_tensor_symmetric
+        scale, zero_point = Q.qparams(x.min(), x.max(), 8, symmetric, signed=dtype == torch.qint8)
+        torch.testing.assert_close(scale.reshape(1), ref_scale, rtol=1e-6, atol=0)
+        assert int(zero_point) == int(ref_zero_point)
+
+
+@pytest.mark.parametrize("dtype,qscheme", [
+    (torch.qint8, torch.per_channel_symmetric), (torch.quint8, torch.per_channel_affine),
+    (torch.qint8, torch.per_channel_affine),
+])
+def test_qparams_per_channel_equal_torch_per_channel_observer(dtype, qscheme):
+    x = torch.randn(6, 50, generator=torch.Generator().manual_seed(4)) * torch.arange(1.0, 7.0)[:, None]
+    x[1] += 10.0  # one channel entirely positive
+    observer = PerChannelMinMaxObserver(ch_axis=0, dtype=dtype, qscheme=qscheme)
+    observer(x)
+    ref_scale, ref_zero_point = observer.calculate_qparams()
+    symmetric = qscheme == torch.per_channel_symmetric
+    scale, zero_point = Q.qparams(*Q.minmax_range(x, axis=0), 8, symmetric, signed=dtype == torch.qint8)
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-6, atol=0)
+    assert torch.equal(zero_point.long(), ref_zero_point.long())
+
+
 def test_bad_calibration_arguments():
     with pytest.raises(ValueError, match="percentile"):
         Q.percentile_range(torch.randn(10), 30.0)
@@ -111,6 +162,12 @@ def test_bad_calibration_arguments():
         Q.mse_range(torch.randn(10), grid=0)
     with pytest.raises(ValueError, match="multiplier"):
         Q.fixed_point_multiplier(1.5)
+    observer = Q.Observer()
+    observer(torch.randn(5, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="method"):
+        observer.range("kl")
+    with pytest.raises(RuntimeError, match="no data"):
+        Q.Observer().range()
 
 
 def test_calibrators_per_channel():
@@ -149,93 +206,6 @@ def test_binarize_and_ternarize():
     assert torch.equal(w.grad != 0, (w.detach() * 3).abs() <= 1)
 
 
-# --------------------------------------------------------------------------- models
-
-def test_as_sequential_matches_the_models():
-    x, _ = _data(64)
-    for model in (models.lenet_300_100(), models.lenet5(), models.hinton_teacher().eval()):
-        seq = Q.as_sequential(model.eval())
-        assert torch.equal(seq(x), model(x))
-        assert set(model.state_dict()) == set(seq.state_dict())
-    with pytest.raises(TypeError, match="model"):
-        Q.as_sequential(nn.Linear(3, 3))
-
-
-def test_as_sequential_keeps_conv_relus_and_expands_factorized_layers():
-    from nncompress import lowrank
-
-    x, _ = _data(32)
-    torch.manual_seed(0)
-    thin = models.LeNet5((5, 10), 50, conv_relu=True).eval()
-    assert torch.equal(Q.as_sequential(thin)(x), thin(x))
-    base = models.lenet5().eval()
-    factored = lowrank.decompose_convs(lowrank.factorize(base, {"fc1": 20}), "tucker2", {"conv2": (10, 5)}).eval()
-    seq = Q.as_sequential(factored)
-    assert {"fc1_down", "fc1_up", "conv2_0", "conv2_1", "conv2_2"} <= set(dict(seq.named_children()))
-    assert torch.allclose(seq(x), factored(x), atol=1e-5)
-    # and the expanded form quantizes to int8 like any other network
-    int8 = Q.to_int8(Q.post_training_quantize(factored, x))
-    assert (int8(x).argmax(1) == factored(x).argmax(1)).float().mean() > 0.9
-
-
-def test_apply_fake_quant_then_calibrate():
-    torch.manual_seed(0)
-    model = models.lenet_300_100().eval()
-    x, _ = _data(300)
-    fq = Q.apply_fake_quant(model, weight_bits=4, activation_bits=8)
-    flat = x.flatten(1)
-    assert torch.equal(fq.fc1_input(flat), flat)  # observing only: activations untouched ...
-    assert not torch.equal(model.fc1.weight, fq.fc1.weight)  # ... but weights are on the 4-bit grid
-    assert len(torch.unique(fq.fc1.weight[0])) <= 16
-    Q.calibrate(fq, x)
-    acts = [m for m in fq.modules() if isinstance(m, Q.ActFakeQuant)]
-    assert len(acts) == 4 and all(bool(a.enabled) for a in acts)
-    # each quantization point holds at most 256 levels
-    h = fq.fc2_input(torch.relu(fq.fc1(fq.fc1_input(x.flatten(1)))))
-    assert len(torch.unique(h)) <= 256
-    with pytest.raises(ValueError, match="method"):
-        Q.calibrate(fq, x, method="kl")
-
-
-def test_bake_keeps_outputs_and_packed_bytes_match_bits():
-    model = models.lenet_300_100().eval()
-    x, _ = _data(100)
-    for bits in (8, 4, 2):
-        fq = Q.apply_fake_quant(model, bits, None)
-        weights = sum(w.numel() for n, w in model.named_parameters() if n.endswith("weight"))
-        before = fq(x)
-        payload = weights * bits / 8
-        assert payload < Q.packed_bytes(fq) < payload + 12_000  # codes + scales, biases, pickle framing
-        Q.bake(fq)
-        assert torch.equal(fq(x), before) and not Q.weight_quantizers(fq)
-    with pytest.raises(ValueError, match="quantized"):
-        Q.packed_bytes(fq)
-
-
-def test_qat_trains_weights_and_learned_scales():
-    model = models.lenet_300_100().eval()
-    x, y = _data(512)
-    fq = Q.apply_fake_quant(model, 2, 2, learn_scale=True)
-    Q.calibrate(fq, x[:128])
-    scale0 = fq.fc1.parametrizations.weight[0].scale.detach().clone()
-    losses = train.fit(fq, x, y, train.Recipe(epochs=3, lr=0.05, batch_size=64), seed=0)
-    assert losses[-1] < losses[0]
-    assert not torch.equal(scale0, fq.fc1.parametrizations.weight[0].scale)
-    assert (fq.fc1.parametrizations.weight[0].scale > 0).all()
-
-
-def test_apply_binary_packs_one_bit_per_weight():
-    model = models.lenet_300_100().eval()
-    b = Q.apply_binary(model)
-    for name in ("fc1", "fc2", "fc3"):
-        w = getattr(b, name).weight
-        assert (w.abs() == w.abs().amax(1, keepdim=True)).all()  # one magnitude per row
-    weights = sum(w.numel() for n, w in model.named_parameters() if n.endswith("weight"))
-    assert weights / 8 < Q.packed_bytes(b) < weights / 8 + 12_000
-    t = Q.apply_binary(model, ternary=True)
-    assert weights / 4 < Q.packed_bytes(t) < weights / 4 + 12_000
-
-
 # --------------------------------------------------------------------------- integer arithmetic
 
 @DETERMINISTIC
@@ -254,81 +224,3 @@ def test_requantize_rounds_to_nearest(seed, m, zero_point):
     out = Q.requantize(acc, m0, shift, zero_point, 0, 255)
     exact = (acc.double() * (int(m0) * 2.0 ** (-31 - int(shift)))).round() + zero_point
     assert (out.double() - exact.clamp(0, 255)).abs().max() <= 1
-
-
-def _calibrated_fq(model, n=512):
-    x, _ = _data(n)
-    fq = Q.apply_fake_quant(model.eval(), 8, 8)
-    return Q.calibrate(fq, x), x
-
-
-def test_integer_linear_matches_fake_quant_within_one_lsb():
-    torch.manual_seed(0)
-    fq, x = _calibrated_fq(models.lenet_300_100())
-    a_in, a_out = fq.fc1_input, fq.fc2_input
-    layer = Q.IntegerLinear(_plain_linear(fq.fc1), float(a_in.scale), int(a_in.zero_point), float(a_out.scale),
-                            int(a_out.zero_point), relu=True, weight_scale=fq.fc1.parametrizations.weight[0].scale)
-    flat = x.flatten(1)
-    q_in = Q.quantize(flat, a_in.scale, a_in.zero_point).to(torch.uint8)
-    q_out = layer(q_in)
-    assert q_out.dtype == torch.uint8
-    with torch.no_grad():
-        simulated = a_out(torch.relu(fq.fc1(a_in(flat))))
-    q_sim = Q.quantize(simulated, a_out.scale, a_out.zero_point)
-    assert (q_out.long() - q_sim).abs().max() <= 1
-    assert (q_out.long() == q_sim).float().mean() > 0.99
-    with pytest.raises(TypeError, match="uint8"):
-        layer(q_in.float())
-
-
-def _plain_linear(layer):
-    plain = nn.Linear(layer.in_features, layer.out_features)
-    plain.load_state_dict({"weight": layer.parametrizations.weight.original, "bias": layer.bias})
-    return plain
-
-
-@pytest.mark.parametrize("make", [models.lenet_300_100, models.lenet5])
-def test_int8_engine_matches_fake_quant(make):
-    torch.manual_seed(0)
-    fq, x = _calibrated_fq(make())
-    int8 = Q.to_int8(fq)
-    with torch.no_grad():
-        simulated, real = fq(x), int8(x)
-    step = float(fq.output.scale)
-    steps = (simulated - real).abs() / step
-    assert steps.max() <= 3.01  # one-step differences inside the kernels can add up over layers
-    assert (steps < 0.01).float().mean() > 0.98  # but almost every output is identical
-    assert (simulated.argmax(1) == real.argmax(1)).float().mean() > 0.98
-    assert measure.count_params(int8) == measure.count_params(make())
-    assert measure.count_flops(int8) == measure.count_flops(make())
-    assert measure.serialized_bytes(int8) < measure.serialized_bytes(make()) / 3.5
-
-
-def test_to_int8_rejects_uncalibrated_or_low_bit_models():
-    model = models.lenet_300_100().eval()
-    with pytest.raises(ValueError, match="calibrate"):
-        Q.to_int8(Q.apply_fake_quant(model, 8, 8))
-    x, _ = _data(64)
-    with pytest.raises(ValueError, match="8-bit"):
-        Q.to_int8(Q.calibrate(Q.apply_fake_quant(model, 4, 8), x))
-    with pytest.raises(ValueError, match="engine"):
-        Q.to_int8(Q.calibrate(Q.apply_fake_quant(model, 8, 8), x), engine="tpu")
-
-
-def test_fake_quant_model_survives_deepcopy_and_state_dict():
-    fq, x = _calibrated_fq(models.lenet_300_100())
-    clone = copy.deepcopy(fq)
-    assert torch.equal(clone(x), fq(x))
-    fresh = Q.apply_fake_quant(models.lenet_300_100().eval(), 8, 8)
-    Q.calibrate(fresh, x[:10])
-    fresh.load_state_dict(fq.state_dict())
-    assert torch.equal(fresh(x), fq(x))
-
-
-def test_a_learned_scale_driven_negative_zeroes_its_channel_consistently():
-    fq = Q.apply_fake_quant(models.lenet_300_100().eval(), 4, None, learn_scale=True)
-    quant = fq.fc1.parametrizations.weight[0]
-    with torch.no_grad():
-        quant.scale[0] = -0.01
-    assert fq.fc1.weight[0].abs().max() < 1e-5 and fq.fc1.weight[1].abs().max() > 1e-3
-    assert Q.packed_bytes(fq) > 0  # codes use the same effective scale as the forward pass

@@ -4,7 +4,6 @@ import dataclasses
 
 import pytest
 import torch
-from torch.nn.utils import parametrize
 
 import nncompress as nc
 from nncompress import data, models, pruning, store, train
@@ -117,7 +116,7 @@ def test_pruned_store_prunes_once_then_loads_from_cache(tiny_pruned_store, tmp_p
     sparsity = pruning.layer_sparsity(model)
     assert checkpoint["layer_sparsity"] == sparsity
     assert sparsity["fc1"] == pytest.approx(0.9, abs=1e-4) and sparsity["fc3"] == pytest.approx(0.5, abs=1e-3)
-    assert sparsity["fc2"] == 0.0 and not parametrize.is_parametrized(model.fc1)
+    assert sparsity["fc2"] == 0.0 and not nc.parametrizations.find(model)
     stamp = path.stat().st_mtime_ns
     again = store.pruned_baseline("lenet300_100", "tiny", seed=1, data=tiny_pruned_store)
     assert path.stat().st_mtime_ns == stamp  # loaded, not pruned again
@@ -125,27 +124,46 @@ def test_pruned_store_prunes_once_then_loads_from_cache(tiny_pruned_store, tmp_p
         assert torch.equal(a, b)
 
 
-def test_make_pruned_is_iterative_prune_from_the_baseline(tiny_pruned_store):
+def test_make_pruned_prunes_the_baseline_to_its_targets_and_retrains(tiny_pruned_store):
     made = store.make_pruned("lenet300_100", "tiny", seed=0, data=tiny_pruned_store)
-    model = store.baseline("lenet300_100", "tiny", seed=0, data=tiny_pruned_store)
     spec = store.PRUNED["lenet300_100"]["tiny"]
     assert spec.schedule() == [{"fc1": 0.45, "fc3": 0.25}, {"fc1": 0.9, "fc3": 0.5}]
-    model = pruning.iterative_prune_(model, tiny_pruned_store.train_x, tiny_pruned_store.train_y,
-                                     spec.schedule(), spec.retrain, seed=0)
-    model = nc.parametrizations.bake_(model)
-    for key, value in model.state_dict().items():
-        assert torch.equal(made["state_dict"][key], value), key
+    model = models.build("lenet300_100")
+    model.load_state_dict(made["state_dict"])  # strict: plain weights, no masks
+    zeros = {name: int((m.weight == 0).sum()) for name, m in nc.layers.select(model).items()}
+    assert zeros == {"fc1": round(0.9 * 784 * 300), "fc2": 0, "fc3": round(0.5 * 100 * 10)}  # exact counts
+    assert made["layer_sparsity"] == pruning.layer_sparsity(model)
+    base = store.baseline("lenet300_100", "tiny", seed=0, data=tiny_pruned_store)
+    kept = model.fc1.weight != 0
+    assert not torch.equal(model.fc1.weight[kept], base.fc1.weight[kept])  # the survivors were retrained
+    test = tiny_pruned_store
+    assert made["test_error"] == pytest.approx(1 - train.evaluate(model, test.test_x, test.test_y))
+    again = store.make_pruned("lenet300_100", "tiny", seed=0, data=tiny_pruned_store)
+    for key, value in made["state_dict"].items():  # deterministic for a seed
+        assert torch.equal(again["state_dict"][key], value), key
 
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(sparsity={}), "at least one layer"),
     (dict(sparsity={"fc1": 1.2}), r"sparsity\['fc1'\]"),
     (dict(fractions=(0.5, 0.9)), "end with 1"),
-    (dict(fractions=(0.0, 1.0)), "fractions"),
+    (dict(fractions=(0.0, 1.0)), r"fractions\[0\] must be a finite number in \(0, 1\]"),
 ])
 def test_prune_recipe_rejects_bad_values(kwargs, match):
     args = dict(sparsity={"fc1": 0.5}, retrain=Recipe(epochs=1, lr=0.1)) | kwargs
     with pytest.raises(ValueError, match=match):
+        store.PruneRecipe(**args)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(sparsity={"fc1": "0.9"}), r"sparsity\['fc1'\] must be a number"),
+    (dict(sparsity=["fc1"]), "sparsity must be a mapping"),
+    (dict(retrain={"epochs": 1}), "retrain must be an nncompress.train.Recipe"),
+    (dict(fractions=(0.5, "1")), r"fractions\[1\] must be a number"),
+])
+def test_prune_recipe_rejects_values_of_the_wrong_kind(kwargs, match):
+    args = dict(sparsity={"fc1": 0.5}, retrain=Recipe(epochs=1, lr=0.1)) | kwargs
+    with pytest.raises(TypeError, match=match):
         store.PruneRecipe(**args)
 
 

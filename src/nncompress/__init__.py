@@ -1,13 +1,18 @@
 """nncompress: reference implementations for the book *Compressing Neural Networks*.
 
 Importing the package has no side effects: it sets no seeds, styles or warning filters.
-The shared parts are ``data``, ``models``, ``train``, ``store``, ``measure``, ``layers``,
-``parametrizations``, ``validate`` and ``plotting``; each technique family adds its own module.
+The shared parts are ``data``, ``models``, ``train``, ``store``, ``layers``, ``parametrizations``,
+``validate``, ``measure`` (with ``timing`` and ``tables``), ``budget``, ``coding``, ``fileformat``
+and ``plotting``; each technique family has its own module or subpackage: ``pruning``,
+``quantization``, ``lowrank``, ``distillation``, ``sharing``, ``dynamic`` and ``practice``.
 """
 
-from . import data, layers, measure, models, parametrizations, plotting, store, train, validate
+from . import (budget, coding, data, distillation, dynamic, fileformat, layers, lowrank, measure, models,
+               parametrizations, plotting, practice, pruning, quantization, sharing, store, tables, timing, train,
+               validate)
 from .train import set_seed
 
 __version__ = "0.1.0"
-__all__ = ["data", "models", "train", "store", "measure", "layers", "parametrizations", "validate", "plotting",
-           "set_seed", "__version__"]
+__all__ = ["data", "models", "train", "store", "layers", "parametrizations", "validate", "measure", "timing",
+           "tables", "budget", "coding", "fileformat", "plotting", "pruning", "quantization", "lowrank",
+           "distillation", "sharing", "dynamic", "practice", "set_seed", "__version__"]

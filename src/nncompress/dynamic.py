@@ -17,22 +17,27 @@ References: teerapittayanon2016branchynet, kaya2019shallow, huang2018multi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from . import validate
 from .measure import MNIST_SHAPE, count_flops
 
 __all__ = ["EarlyExitNet", "early_exit_lenet", "exit_loss", "confidence", "choose_exits", "DynamicExit",
            "exit_paths", "exit_costs", "threshold_sweep"]
 
 
-def _check_threshold(threshold) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
-    return float(threshold)
+def _check_threshold(threshold, name: str = "threshold") -> float:
+    """A confidence threshold: a number in [0, 1]."""
+    return validate.number(threshold, name, 0, 1)
+
+
+def _check_net(model) -> None:
+    """Raise TypeError unless ``model`` is an :class:`EarlyExitNet`."""
+    if not isinstance(model, EarlyExitNet):
+        raise TypeError(f"model must be an EarlyExitNet, got {type(model).__name__}")
 
 
 class EarlyExitNet(nn.Module):
@@ -40,6 +45,22 @@ class EarlyExitNet(nn.Module):
 
     ``forward`` returns the list of every exit's logits, first exit first; the last head is the
     ordinary classifier, so ``model(x)[-1]`` is the network without early exits.
+
+    Parameters
+    ----------
+    blocks
+        The stages of the backbone, applied in order.
+    heads
+        One classifier per block, reading that block's output (as many as ``blocks``, >= 2).
+
+    Raises
+    ------
+    ValueError
+        If ``blocks`` and ``heads`` differ in length or hold fewer than two modules.
+
+    References
+    ----------
+    teerapittayanon2016branchynet
     """
 
     def __init__(self, blocks: Sequence[nn.Module], heads: Sequence[nn.Module]):
@@ -67,8 +88,30 @@ def early_exit_lenet(channels: tuple[int, int] = (20, 50), hidden: int = 500) ->
     Exit 1 reads the first stage's ``(c1, 12, 12)`` maps, pooled again to ``(c1, 6, 6)``; exit 2
     reads the second stage's ``(c2, 4, 4)`` maps; exit 3 is LeNet-5's classifier
     (fc ``hidden`` -> ReLU -> fc 10).
+
+    Parameters
+    ----------
+    channels
+        Output channels of the two convolutions (ints >= 1).
+    hidden
+        Units of the hidden fully connected layer (an int >= 1).
+
+    Returns
+    -------
+    EarlyExitNet
+        The untrained network, with three exits.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If a width is not an int >= 1.
+
+    References
+    ----------
+    teerapittayanon2016branchynet, lecun1998gradient
     """
-    c1, c2 = channels
+    c1, c2 = (validate.integer(c, f"channels[{i}]", 1) for i, c in enumerate(channels))
+    hidden = validate.integer(hidden, "hidden", 1)
     blocks = [
         nn.Sequential(nn.Conv2d(1, c1, 5), nn.ReLU(), nn.MaxPool2d(2)),  # (batch, c1, 12, 12)
         nn.Sequential(nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.MaxPool2d(2)),  # (batch, c2, 4, 4)
@@ -83,10 +126,36 @@ def early_exit_lenet(channels: tuple[int, int] = (20, 50), hidden: int = 500) ->
 
 
 def exit_loss(weights: Sequence[float] | None = None):
-    """A ``loss_fn`` for :func:`nncompress.train.fit`: the weighted sum of every exit's cross-entropy
-    (equal weights by default), as BranchyNet trains its branches jointly."""
-    if weights is not None and (len(weights) == 0 or any(not (w >= 0 and math.isfinite(w)) for w in weights)):
-        raise ValueError(f"weights must be non-negative finite numbers, got {weights!r}")
+    """A ``loss_fn`` for :func:`nncompress.train.fit`: the weighted sum of every exit's cross-entropy.
+
+    BranchyNet trains its branches jointly with this loss.
+
+    Parameters
+    ----------
+    weights
+        One non-negative finite weight per exit, or None for equal weights of 1.
+
+    Returns
+    -------
+    callable
+        ``loss(model, xb, yb) -> tensor``, which raises ValueError if the model has a number of
+        exits other than ``len(weights)``.
+
+    Raises
+    ------
+    TypeError
+        If a weight is not a number.
+    ValueError
+        If ``weights`` is empty, or a weight is negative, NaN or infinite.
+
+    References
+    ----------
+    teerapittayanon2016branchynet
+    """
+    if weights is not None:
+        if len(weights) == 0:
+            raise ValueError("weights must hold one non-negative finite number per exit, got none")
+        weights = [validate.number(w, f"weights[{i}]", 0.0) for i, w in enumerate(weights)]
 
     def loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         outputs = model(xb)
@@ -99,7 +168,22 @@ def exit_loss(weights: Sequence[float] | None = None):
 
 
 def confidence(logits: torch.Tensor) -> torch.Tensor:
-    """The largest softmax probability of each row of ``logits`` ``(batch, classes)``."""
+    """The largest softmax probability of each row of ``logits``.
+
+    Parameters
+    ----------
+    logits
+        A ``(batch, classes)`` tensor.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(batch,)`` float confidences in (0, 1].
+
+    References
+    ----------
+    teerapittayanon2016branchynet
+    """
     return torch.softmax(logits.float(), dim=-1).amax(dim=-1)
 
 
@@ -107,8 +191,29 @@ def choose_exits(exit_logits: Sequence[torch.Tensor], threshold: float) -> tuple
     """The early-exit rule on precomputed logits: each input leaves at the first exit whose
     confidence is *above* ``threshold`` (in [0, 1]), or at the last exit.
 
-    Returns ``(predictions, exit_index)``, both ``(batch,)`` int64. Threshold 0 sends every input
-    out at the first exit; threshold 1 sends every input to the last.
+    Threshold 0 sends every input out at the first exit; threshold 1 sends every input to the
+    last.
+
+    Parameters
+    ----------
+    exit_logits
+        Every exit's ``(batch, classes)`` logits, first exit first.
+    threshold
+        A number in [0, 1].
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        ``(predictions, exit_index)``, both ``(batch,)`` int64.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``threshold`` is not a number in [0, 1].
+
+    References
+    ----------
+    teerapittayanon2016branchynet
     """
     threshold = _check_threshold(threshold)
     batch = exit_logits[-1].shape[0]
@@ -126,12 +231,29 @@ class DynamicExit(nn.Module):
     ``forward`` returns ``(batch, classes)`` logits; the logits of input ``j`` are those of the exit
     :func:`choose_exits` picks for it, so the predictions agree. ``last_exits`` records each input's
     exit after a call.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`EarlyExitNet`.
+    threshold
+        A number in [0, 1], as in :func:`choose_exits`.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an :class:`EarlyExitNet` or ``threshold`` not a number.
+    ValueError
+        If ``threshold`` is outside [0, 1].
+
+    References
+    ----------
+    teerapittayanon2016branchynet, huang2018multi
     """
 
     def __init__(self, model: EarlyExitNet, threshold: float):
         super().__init__()
-        if not isinstance(model, EarlyExitNet):
-            raise TypeError(f"model must be an EarlyExitNet, got {type(model).__name__}")
+        _check_net(model)
         self.model = model
         self.threshold = _check_threshold(threshold)
         self.last_exits: torch.Tensor | None = None
@@ -171,12 +293,55 @@ class _UpToExit(nn.Module):
 
 
 def exit_paths(model: EarlyExitNet) -> list[nn.Module]:
-    """One module per exit that does exactly the work of an input leaving there (for the harness)."""
+    """One module per exit that does exactly the work of an input leaving there (for the harness).
+
+    Parameters
+    ----------
+    model
+        An :class:`EarlyExitNet`.
+
+    Returns
+    -------
+    list of nn.Module
+        Module ``k`` runs blocks and heads ``0..k`` and returns exit ``k``'s logits.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an :class:`EarlyExitNet`.
+
+    References
+    ----------
+    kaya2019shallow
+    """
+    _check_net(model)
     return [_UpToExit(model, k) for k in range(model.num_exits)]
 
 
 def exit_costs(model: EarlyExitNet, input_shape: Sequence[int] = MNIST_SHAPE) -> list[int]:
-    """FLOPs of one input that leaves at each exit (cumulative, heads on the way included)."""
+    """FLOPs of one input that leaves at each exit (cumulative, heads on the way included).
+
+    Parameters
+    ----------
+    model
+        An :class:`EarlyExitNet`.
+    input_shape
+        The shape of one input, without the batch axis.
+
+    Returns
+    -------
+    list of int
+        FLOPs (:func:`nncompress.measure.count_flops`) of stopping at each exit, first exit first.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an :class:`EarlyExitNet`.
+
+    References
+    ----------
+    kaya2019shallow
+    """
     return [count_flops(path, input_shape) for path in exit_paths(model)]
 
 
@@ -184,13 +349,40 @@ def threshold_sweep(model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor, thres
                     input_shape: Sequence[int] = MNIST_SHAPE) -> list[dict]:
     """Accuracy and average FLOPs per input on ``(x, y)`` for each confidence threshold.
 
-    Each row holds ``threshold``, ``accuracy``, ``flops`` (the mean over inputs of the cost of the
-    exit each one takes), and ``fractions`` (the share of inputs leaving at each exit).
+    Parameters
+    ----------
+    model
+        A trained :class:`EarlyExitNet`.
+    x, y
+        Inputs and labels (non-empty, of equal length).
+    thresholds
+        Numbers in [0, 1].
+    input_shape
+        The shape of one input, without the batch axis (for the exit costs).
+
+    Returns
+    -------
+    list of dict
+        One row per threshold: ``threshold``, ``accuracy``, ``flops`` (the mean over inputs of
+        the cost of the exit each one takes) and ``fractions`` (the share of inputs leaving at
+        each exit).
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an :class:`EarlyExitNet`, or a threshold not a number.
+    ValueError
+        If ``x`` and ``y`` are empty or differ in length, or a threshold is outside [0, 1].
+
+    References
+    ----------
+    teerapittayanon2016branchynet, kaya2019shallow
     """
+    _check_net(model)
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
-    for t in thresholds:
-        _check_threshold(t)
+    for i, t in enumerate(thresholds):
+        _check_threshold(t, f"thresholds[{i}]")
     costs = torch.tensor(exit_costs(model, input_shape), dtype=torch.float64)
     model.eval()
     with torch.inference_mode():

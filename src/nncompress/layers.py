@@ -277,7 +277,8 @@ def capture_features(model: nn.Module, layers: Sequence[str], kind: str = "outpu
     model
         Any module.
     layers
-        Names or glob patterns of submodules of any type (see :func:`select`).
+        Names or glob patterns of submodules of any type (see :func:`select`); an empty
+        sequence captures nothing.
     kind
         ``"output"`` or ``"input"`` (the first positional input).
 
@@ -299,7 +300,8 @@ def capture_features(model: nn.Module, layers: Sequence[str], kind: str = "outpu
     validate.choice(kind, "kind", ("input", "output"))
     if isinstance(layers, str):
         raise TypeError("layers must be a sequence of layer names, not a single str")
-    modules = select(model, list(layers), types=(nn.Module,))
+    layers = list(layers)
+    modules = select(model, layers, types=(nn.Module,)) if layers else {}  # no layers: capture nothing
     features: dict[str, torch.Tensor] = {}
 
     def record(name: str) -> Callable:

@@ -16,26 +16,31 @@ Definitions used throughout the book:
   layers of ``torch.ao.nn.quantized`` count their integer multiply-adds the same way.
 - **latency**: median wall time of one forward pass over a batch, from
   ``torch.utils.benchmark.Timer.blocked_autorange`` under ``torch.inference_mode``, after
-  warm-up, with the thread count fixed and reported; the smallest of a few such medians, to
-  discard transient interference from other processes.
+  warm-up, with the thread count fixed and reported (:mod:`nncompress.timing`). Models that are
+  compared are timed in turns, round after round, each keeping its fastest round, and rounds are
+  added (within a bound) until every model's fastest round has been matched by another within
+  5 % (:func:`measure_latencies`).
+
+The latency functions live in :mod:`nncompress.timing`, the :class:`Profile` record and the
+tables in :mod:`nncompress.tables`; both are re-exported here, so notebooks use
+``nc.measure`` for everything. :func:`pareto_front` is the package's one Pareto front.
+
+References: paszke2019pytorch, hoefler2015scientific, blalock2020state
 """
 
 from __future__ import annotations
 
-import csv
-import html
 import io
-import math
-import platform
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import validate
+from .tables import Profile, Table, comparison_table, environment, write_results
+from .timing import MNIST_SHAPE, measure_latencies, measure_latency, per_input_latencies, thread_scaling
 from .train import evaluate
 
 __all__ = [
@@ -55,24 +60,20 @@ __all__ = [
     "environment",
     "write_results",
     "pareto_front",
+    "thread_scaling",
+    "per_input_latencies",
+    "MNIST_SHAPE",
 ]
-
-MNIST_SHAPE = (1, 28, 28)
 
 
 def _check_model(model) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    """Raise TypeError unless ``model`` is an ``nn.Module``."""
+    validate.module(model)
 
 
-def _check_positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _check_mapping(models) -> None:
-    if not isinstance(models, Mapping):
-        raise TypeError(f"models must be a mapping of names to modules, got {type(models).__name__}")
+def _check_batch_sizes(batch_sizes) -> tuple[int, ...]:
+    """The batch sizes as a tuple of ints >= 1."""
+    return tuple(validate.integer(b, "batch_sizes entries", 1) for b in batch_sizes)
 
 
 def _int8_layer(module: nn.Module) -> bool:
@@ -87,6 +88,25 @@ def effective_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     For a parametrized weight this is the parametrization's output (e.g. ``mask * weight``),
     named like a plain weight (``fc1.weight``). For an int8 layer of ``torch.ao.nn.quantized``
     it is the dequantized weight and the bias.
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``.
+
+    Returns
+    -------
+    dict
+        Qualified names (``"fc1.weight"``) mapped to detached tensors.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an ``nn.Module``.
+
+    References
+    ----------
+    paszke2019pytorch
     """
     _check_model(model)
     tensors, seen = {}, set()
@@ -118,7 +138,27 @@ def effective_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of elements of the effective weight tensors (see :func:`effective_tensors`)."""
+    """Number of elements of the effective weight tensors (see :func:`effective_tensors`).
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``.
+
+    Returns
+    -------
+    int
+        The parameter count; a tensor shared by several layers counts once.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an ``nn.Module``.
+
+    References
+    ----------
+    paszke2019pytorch
+    """
     return sum(t.numel() for t in effective_tensors(model).values())
 
 
@@ -126,13 +166,52 @@ def count_nonzeros(model: nn.Module) -> int:
     """Number of elements of the effective weight tensors that are not exactly zero.
 
     For a sparse (COO or CSR) tensor, the non-zero values among those it stores.
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``.
+
+    Returns
+    -------
+    int
+        The number of weights that are not exactly zero.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an ``nn.Module``.
+
+    References
+    ----------
+    han2015learning
     """
     return sum(int(torch.count_nonzero(t.values() if t.layout != torch.strided else t))
                for t in effective_tensors(model).values())
 
 
 def serialized_bytes(model: nn.Module) -> int:
-    """Bytes of ``torch.save(model.state_dict())`` written to an in-memory buffer."""
+    """Bytes of ``torch.save(model.state_dict())`` written to an in-memory buffer.
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``.
+
+    Returns
+    -------
+    int
+        The length of the serialized state, as a file written through a handle would have.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an ``nn.Module``.
+
+    References
+    ----------
+    paszke2019pytorch
+    """
     _check_model(model)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
@@ -154,7 +233,33 @@ def _flop_counter() -> FlopCounterMode:
 
 
 def count_flops(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE) -> int:
-    """FLOPs of one forward pass on a single input of shape ``input_shape`` (no batch axis)."""
+    """FLOPs of one forward pass on a single input of shape ``input_shape`` (no batch axis).
+
+    Counted by ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2; matrix
+    products and convolutions only); CSR products by their stored values; torch's int8 layers
+    by their integer multiply-adds.
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``.
+    input_shape
+        The shape of one input, without the batch axis.
+
+    Returns
+    -------
+    int
+        FLOPs for one input.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an ``nn.Module``.
+
+    References
+    ----------
+    paszke2019pytorch
+    """
     _check_model(model)
     x = torch.zeros(1, *input_shape)
     counter = _flop_counter()
@@ -174,112 +279,6 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE) -> i
     return int(counter.get_total_flops()) + sum(int8_ops)
 
 
-def measure_latency(
-    model: nn.Module,
-    batch_size: int = 1,
-    input_shape: Sequence[int] = MNIST_SHAPE,
-    threads: int = 1,
-    min_run_time: float = 0.2,
-    warmup: int = 3,
-    repeats: int = 3,
-    inputs: torch.Tensor | None = None,
-) -> float:
-    """Median seconds of one forward pass on a random batch of ``batch_size`` inputs.
-
-    With ``inputs``, the batch is their first ``batch_size`` rows instead: use real data for a
-    model whose work depends on its input, such as an early-exit network.
-
-    Uses ``torch.utils.benchmark.Timer(...).blocked_autorange`` with ``num_threads=threads``,
-    under ``torch.inference_mode``, after ``warmup`` untimed calls. The measurement is repeated
-    ``repeats`` times (``min_run_time`` seconds in all) and the smallest median is returned:
-    interference from other processes only ever adds time, so the minimum is the most
-    reproducible estimate.
-    """
-    _check_model(model)
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("threads", threads)
-    _check_positive_int("repeats", repeats)
-    if inputs is None:
-        x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
-    elif not isinstance(inputs, torch.Tensor) or len(inputs) < batch_size:
-        raise ValueError(f"inputs must be a tensor with at least batch_size={batch_size} rows")
-    else:
-        x = inputs[:batch_size]
-    model.eval()
-
-    def run():
-        with torch.inference_mode():
-            model(x)
-
-    previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
-        for _ in range(warmup):
-            run()
-    finally:
-        torch.set_num_threads(previous)
-    timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads)
-    return min(timer.blocked_autorange(min_run_time=min_run_time / repeats).median for _ in range(repeats))
-
-
-def measure_latencies(
-    models: Mapping[str, nn.Module],
-    batch_size: int = 1,
-    input_shape: Sequence[int] = MNIST_SHAPE,
-    threads: int = 1,
-    min_run_time: float = 0.2,
-    rounds: int = 5,
-    inputs: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """Latencies (seconds) of several models that are to be compared, measured in turns.
-
-    Each of ``rounds`` rounds times every model once with :func:`measure_latency` (for
-    ``min_run_time / rounds`` seconds; warm-up calls in the first round only), and each model
-    keeps its fastest round. Interference from other processes that lasts a second or two then
-    slows all the models of the rounds it overlaps, instead of whichever model was being measured
-    at the time, and taking the fastest round discards it. Ratios between the models are much
-    more reproducible than with one :func:`measure_latency` call per model, one after the other.
-    """
-    _check_mapping(models)
-    if not models:
-        raise ValueError("models must hold at least one model")
-    for model in models.values():
-        _check_model(model)
-    _check_positive_int("rounds", rounds)
-    best = dict.fromkeys(models, math.inf)
-    for r in range(rounds):
-        for name, model in models.items():
-            seconds = measure_latency(model, batch_size, input_shape, threads, min_run_time / rounds,
-                                      warmup=3 if r == 0 else 0, repeats=1, inputs=inputs)
-            best[name] = min(best[name], seconds)
-    return best
-
-
-@dataclass
-class Profile:
-    """Everything the harness measured about one model. Latencies are in seconds per batch."""
-
-    name: str
-    accuracy: float | None
-    params: int
-    nonzeros: int
-    bytes: int
-    flops: int
-    latency: dict[int, float] = field(default_factory=dict)
-    threads: int = 1
-    bytes_source: str = "state_dict"
-
-    @property
-    def error(self) -> float | None:
-        return None if self.accuracy is None else 1.0 - self.accuracy
-
-    def as_dict(self) -> dict:
-        """A flat dictionary (latency keys become ``latency_b<batch>_s``) for CSV or JSON."""
-        row = {k: v for k, v in asdict(self).items() if k != "latency"}
-        row.update({f"latency_b{b}_s": t for b, t in sorted(self.latency.items())})
-        return row
-
-
 def profile(
     model: nn.Module,
     name: str | None = None,
@@ -292,14 +291,45 @@ def profile(
 ) -> Profile:
     """Profile ``model``: accuracy on ``data`` (if given), size, FLOPs and latency per batch size.
 
-    ``nbytes`` counts a custom encoding instead of the state_dict: an int (e.g. a file's size)
-    or a function of the model. ``batch_sizes=()`` skips the latency measurement.
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``.
+    name
+        The name in tables (the class name when None).
+    data
+        ``(inputs, labels)`` for the accuracy, or None to skip it.
+    input_shape
+        The shape of one input, without the batch axis (for FLOPs and latency).
+    batch_sizes
+        The batch sizes to time (ints >= 1); ``()`` skips the latency measurement.
+    threads
+        Intra-op threads for the timing (an int >= 1).
+    nbytes
+        A custom encoding counted instead of the state_dict: an int (e.g. a file's size) or a
+        function of the model giving one.
+    min_run_time
+        Seconds of timing per batch size (see :func:`measure_latency`).
+
+    Returns
+    -------
+    Profile
+        Everything measured.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an ``nn.Module`` or a count is not an int.
+    ValueError
+        If ``threads`` or a batch size is below 1, or ``nbytes`` does not give an int >= 0.
+
+    References
+    ----------
+    blalock2020state
     """
     _check_model(model)
-    _check_positive_int("threads", threads)
-    batch_sizes = tuple(batch_sizes)
-    for b in batch_sizes:
-        _check_positive_int("batch_sizes entries", b)
+    threads = validate.integer(threads, "threads", 1)
+    batch_sizes = _check_batch_sizes(batch_sizes)
     if nbytes is None:
         size, source = serialized_bytes(model), "state_dict"
     else:
@@ -334,18 +364,46 @@ def profile_many(
     min_run_time: float = 0.2,
     rounds: int = 5,
 ) -> list[Profile]:
-    """:func:`profile` for every model of ``models`` (name to module), with the latencies measured
-    in turns by :func:`measure_latencies`, so that the models can be compared. ``nbytes`` maps
-    names to custom encodings, as in :func:`profile`; models it leaves out use their state_dict.
+    """:func:`profile` for every model of ``models``, with the latencies measured in turns.
+
+    The latencies come from :func:`measure_latencies` (round-robin, repeated until stable), so
+    that the models can be compared: use this, not one :func:`profile` per model, for a table
+    whose speed-ups are read against each other.
+
+    Parameters
+    ----------
+    models
+        Names mapped to ``nn.Module`` s.
+    data, input_shape, batch_sizes, threads, min_run_time
+        As for :func:`profile`.
+    nbytes
+        Names mapped to custom encodings, as in :func:`profile`; models it leaves out use their
+        state_dict.
+    rounds
+        The rounds that :func:`measure_latencies` always runs.
+
+    Returns
+    -------
+    list of Profile
+        One per model, in the order of ``models``.
+
+    Raises
+    ------
+    TypeError
+        If ``models`` is not a mapping of modules.
+    ValueError
+        If ``nbytes`` names a model that is not in ``models``, or an argument is out of range.
+
+    References
+    ----------
+    blalock2020state, hoefler2015scientific
     """
-    _check_mapping(models)
+    validate.mapping(models, "models")
     nbytes = dict(nbytes or {})
     unknown = sorted(set(nbytes) - set(models))
     if unknown:
         raise ValueError(f"nbytes names models that are not in models: {unknown}")
-    batch_sizes = tuple(batch_sizes)
-    for b in batch_sizes:
-        _check_positive_int("batch_sizes entries", b)
+    batch_sizes = _check_batch_sizes(batch_sizes)
     profiles = [profile(model, name, data, input_shape, (), threads, nbytes.get(name)) for name, model in models.items()]
     for b in batch_sizes:
         seconds = measure_latencies(models, b, input_shape, threads, min_run_time, rounds)
@@ -357,8 +415,28 @@ def profile_many(
 def layer_breakdown(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE) -> list[dict]:
     """Per leaf layer that holds weights: ``{"layer", "params", "bytes", "flops"}``.
 
-    ``bytes`` is the raw storage of the layer's state (elements times element size, no file
-    overhead); ``flops`` is for one input.
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``.
+    input_shape
+        The shape of one input, without the batch axis.
+
+    Returns
+    -------
+    list of dict
+        One row per module that owns weights, in ``named_modules`` order: ``params`` as in
+        :func:`count_params`, ``bytes`` the raw storage of the module's state (elements times
+        element size, no file overhead), ``flops`` for one input.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an ``nn.Module``.
+
+    References
+    ----------
+    han2015learning
     """
     _check_model(model)
     x = torch.zeros(1, *input_shape)
@@ -383,19 +461,8 @@ def layer_breakdown(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE) 
     return rows
 
 
-def environment() -> dict:
-    """Provenance of a measurement: CPU, thread count, torch and Python versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
-
-
 def _cost(profile: Profile, axis: str) -> float:
+    """The cost of ``profile`` on ``axis`` (an attribute, or latency at a batch size)."""
     if axis.startswith("latency_b"):
         return profile.latency[int(axis.removeprefix("latency_b"))]
     return getattr(profile, axis)
@@ -404,9 +471,34 @@ def _cost(profile: Profile, axis: str) -> float:
 def pareto_front(profiles: Sequence[Profile], axis: str = "bytes") -> list[Profile]:
     """The profiles that no other beats on both test error and ``axis``, cheapest first.
 
-    ``axis`` is ``"bytes"``, ``"params"``, ``"nonzeros"``, ``"flops"`` or ``"latency_b<batch>"``.
-    A profile is dominated when another has an error and a cost no higher, and one of them lower.
-    Every profile needs an accuracy.
+    A profile is dominated when another has an error and a cost no higher, and one of them
+    lower. Profiles tied exactly (same error and same cost) do not dominate each other, so all
+    of them are on the front. This is the package's one Pareto front;
+    :func:`nncompress.plotting.pareto_plot` draws it.
+
+    Parameters
+    ----------
+    profiles
+        A non-empty sequence of :class:`Profile`, each with an accuracy.
+    axis
+        ``"bytes"``, ``"params"``, ``"nonzeros"``, ``"flops"`` or ``"latency_b<batch>"`` for a
+        batch size every profile was timed at.
+
+    Returns
+    -------
+    list of Profile
+        The front, by increasing cost, then increasing error.
+
+    Raises
+    ------
+    TypeError
+        If ``profiles`` is empty, or holds something other than a Profile with an accuracy.
+    ValueError
+        If ``axis`` is not one of the above.
+
+    References
+    ----------
+    blalock2020state
     """
     profiles = list(profiles)
     if not profiles or not all(isinstance(p, Profile) and p.accuracy is not None for p in profiles):
@@ -419,110 +511,3 @@ def pareto_front(profiles: Sequence[Profile], axis: str = "bytes") -> list[Profi
     front = [p for c, e, p in points
              if not any(c2 <= c and e2 <= e and (c2 < c or e2 < e) for c2, e2, _ in points)]
     return sorted(front, key=lambda p: (_cost(p, axis), p.error))
-
-
-def write_results(profiles: Sequence[Profile], path, **metadata) -> dict:
-    """Write ``profiles`` as JSON to ``path`` with their provenance; return what was written.
-
-    The file holds ``environment`` (:func:`environment`: CPU, threads, torch and Python versions),
-    any keyword ``metadata`` (e.g. the dataset or the notebook), and ``results``, one
-    :meth:`Profile.as_dict` per profile.
-    """
-    import json
-
-    profiles = list(profiles)
-    if not profiles or not all(isinstance(p, Profile) for p in profiles):
-        raise TypeError("profiles must be a non-empty sequence of Profile")
-    document = {"environment": environment(), **metadata, "results": [p.as_dict() for p in profiles]}
-    with open(path, "w") as f:
-        json.dump(document, f, indent=1)
-    return document
-
-
-class Table:
-    """A small table that renders as HTML and Markdown in notebooks and writes CSV."""
-
-    def __init__(self, columns: Sequence[str], rows: Sequence[Sequence], caption: str | None = None):
-        if any(len(r) != len(columns) for r in rows):
-            raise ValueError("every row must have one value per column")
-        self.columns, self.rows, self.caption = list(columns), [list(r) for r in rows], caption
-
-    @classmethod
-    def from_records(cls, records: Sequence[dict], caption: str | None = None) -> "Table":
-        """A table from a list of dicts with the same keys (the first one's keys are the columns)."""
-        if not records:
-            raise ValueError("records must not be empty")
-        columns = list(records[0])
-        return cls(columns, [[r[c] for c in columns] for r in records], caption)
-
-    @staticmethod
-    def _fmt(value) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return "–"
-        if isinstance(value, float):
-            return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
-        if isinstance(value, int):
-            return f"{value:,}"
-        return str(value)
-
-    def records(self) -> list[dict]:
-        return [dict(zip(self.columns, r)) for r in self.rows]
-
-    def to_csv(self, path_or_buffer) -> None:
-        """Write the raw (unformatted) values as CSV to a path or a text buffer."""
-        if isinstance(path_or_buffer, (str, bytes)) or hasattr(path_or_buffer, "__fspath__"):
-            with open(path_or_buffer, "w", newline="") as f:
-                return self.to_csv(f)
-        writer = csv.writer(path_or_buffer)
-        writer.writerow(self.columns)
-        writer.writerows(self.rows)
-
-    def _repr_markdown_(self) -> str:
-        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
-        lines += ["| " + " | ".join(self._fmt(v) for v in r) + " |" for r in self.rows]
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(self._fmt(v))}</td>" for v in r) + "</tr>"
-                       for r in self.rows)
-        caption = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
-        return f'<table class="nncompress-table">{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-    def __str__(self) -> str:
-        cells = [self.columns] + [[self._fmt(v) for v in r] for r in self.rows]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
-        return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
-
-    __repr__ = __str__
-
-
-def comparison_table(profiles: Sequence[Profile], reference: int | None = 0) -> Table:
-    """The book's comparison table: one row per profile.
-
-    Sizes are shown in kB (1000 bytes), FLOPs in millions per input, latency in ms per batch.
-    With ``reference`` (an index into ``profiles``), ratio columns give each model's compression
-    in bytes and speed-up at each batch size relative to that row (>1 is better).
-    """
-    profiles = list(profiles)
-    if not profiles or not all(isinstance(p, Profile) for p in profiles):
-        raise TypeError("profiles must be a non-empty sequence of Profile")
-    if reference is not None and not 0 <= reference < len(profiles):
-        raise ValueError(f"reference must index profiles (0..{len(profiles) - 1}) or be None, got {reference!r}")
-    batches = sorted({b for p in profiles for b in p.latency})
-    columns = ["model", "error %", "params", "non-zeros", "kB", "MFLOPs"]
-    columns += [f"ms @ b={b}" for b in batches]
-    if reference is not None:
-        columns += ["size ×"] + [f"speed-up @ b={b}" for b in batches]
-    rows = []
-    for p in profiles:
-        row = [p.name, None if p.error is None else 100 * p.error, p.params, p.nonzeros, p.bytes / 1e3, p.flops / 1e6]
-        row += [1e3 * p.latency[b] if b in p.latency else None for b in batches]
-        if reference is not None:
-            ref = profiles[reference]
-            row.append(ref.bytes / p.bytes if p.bytes else None)
-            row += [ref.latency[b] / p.latency[b] if b in p.latency and b in ref.latency else None for b in batches]
-        rows.append(row)
-    threads = sorted({p.threads for p in profiles})
-    caption = f"latency: median of torch.utils.benchmark, {', '.join(map(str, threads))} thread(s)"
-    return Table(columns, rows, caption)

@@ -61,13 +61,17 @@ class MLP(nn.Module):
         input_dropout = validate.fraction(input_dropout, "input_dropout")
         in_features = validate.integer(in_features, "in_features", 1)
         num_classes = validate.integer(num_classes, "num_classes", 1)
-        self.hidden = tuple(hidden)
         self.input_dropout = nn.Dropout(input_dropout)
         self.dropout = nn.Dropout(dropout)
         sizes = (in_features, *hidden, num_classes)
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
             self.add_module(f"fc{i}", nn.Linear(n_in, n_out))
         self.depth = len(sizes) - 1
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        """Widths of the hidden layers, read from the layers (so it stays right after channel removal)."""
+        return tuple(getattr(self, f"fc{i}").out_features for i in range(1, self.depth))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_dropout(x.flatten(1))  # (batch, 784)

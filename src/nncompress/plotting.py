@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["BOOK_STYLE", "PALETTE", "use_book_style", "pareto_front", "pareto_plot", "layer_share_plot"]
+__all__ = ["BOOK_STYLE", "PALETTE", "use_book_style", "pareto_plot", "layer_share_plot"]
 
 BOOK_STYLE = {
     "figure.figsize": (6.4, 3.6),
@@ -30,7 +30,19 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F
 
 
 def use_book_style() -> None:
-    """Apply the book's matplotlib style (sizes, fonts, colour-blind-safe palette) globally."""
+    """Apply the book's matplotlib style (sizes, fonts, colour-blind-safe palette) globally.
+
+    Importing the package changes no style; a notebook calls this once, after its imports.
+
+    Returns
+    -------
+    None
+        ``matplotlib.rcParams`` is updated with :data:`BOOK_STYLE` and the :data:`PALETTE` cycle.
+
+    References
+    ----------
+    None: a house style (the palette is Okabe and Ito's colour-blind-safe one).
+    """
     import matplotlib as mpl
     from cycler import cycler
 
@@ -38,42 +50,59 @@ def use_book_style() -> None:
     mpl.rcParams["axes.prop_cycle"] = cycler(color=PALETTE)
 
 
-def pareto_front(costs: Sequence[float], errors: Sequence[float]) -> list[int]:
-    """Indices of the points no other point beats in both cost and error (lower is better for both),
-    sorted by increasing cost."""
-    if len(costs) != len(errors):
-        raise ValueError(f"costs and errors must have equal length, got {len(costs)} and {len(errors)}")
-    order = sorted(range(len(costs)), key=lambda i: (costs[i], errors[i]))
-    front, best = [], float("inf")
-    for i in order:
-        if errors[i] < best:
-            front.append(i)
-            best = errors[i]
-    return front
+_LABELS = {"bytes": "serialized size (bytes)", "params": "parameters", "nonzeros": "non-zeros",
+           "flops": "FLOPs per input"}
 
 
 def pareto_plot(profiles, cost: str = "bytes", ax=None, logx: bool = True, annotate: bool = True):
-    """Scatter test error (%) against a cost of each :class:`~nncompress.measure.Profile`, with the
-    Pareto front drawn as a step line. ``cost`` is ``"bytes"``, ``"params"``, ``"nonzeros"``,
-    ``"flops"`` or ``"latency@<batch>"``. Returns the axes."""
+    """Scatter test error (%) against a cost of each profile, with the Pareto front as a step line.
+
+    The front is :func:`nncompress.measure.pareto_front`'s (the one definition in the package).
+
+    Parameters
+    ----------
+    profiles
+        :class:`~nncompress.measure.Profile` s; those without an accuracy are left out.
+    cost
+        ``"bytes"``, ``"params"``, ``"nonzeros"``, ``"flops"`` or ``"latency_b<batch>"`` (a
+        measured batch size), as the ``axis`` of :func:`~nncompress.measure.pareto_front`;
+        latency is drawn in milliseconds.
+    ax
+        The matplotlib axes to draw on (the current axes when None).
+    logx
+        Use a logarithmic cost axis.
+    annotate
+        Write each profile's name beside its point.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The axes drawn on.
+
+    Raises
+    ------
+    ValueError
+        If no profile has an accuracy, or ``cost`` is not one of the above.
+
+    References
+    ----------
+    blalock2020state
+    """
     import matplotlib.pyplot as plt
+
+    from .measure import _cost, pareto_front
 
     profiles = [p for p in profiles if p.error is not None]
     if not profiles:
         raise ValueError("profiles must include at least one profile with an accuracy")
-    if cost.startswith("latency@"):
-        batch = int(cost.split("@", 1)[1])
-        xs, label = [1e3 * p.latency[batch] for p in profiles], f"latency at batch {batch} (ms)"
-    elif cost in ("bytes", "params", "nonzeros", "flops"):
-        xs, label = [float(getattr(p, cost)) for p in profiles], {"bytes": "serialized size (bytes)",
-                                                                    "params": "parameters", "nonzeros": "non-zeros",
-                                                                    "flops": "FLOPs per input"}[cost]
-    else:
-        raise ValueError(f"cost must be bytes, params, nonzeros, flops or latency@<batch>, got {cost!r}")
-    ys = [100 * p.error for p in profiles]
+    front = pareto_front(profiles, cost)  # validates cost
+    scale, label = 1.0, _LABELS.get(cost)
+    if label is None:
+        scale, label = 1e3, f"latency at batch {cost.removeprefix('latency_b')} (ms)"
+    xs, ys = [scale * _cost(p, cost) for p in profiles], [100 * p.error for p in profiles]
     ax = ax or plt.gca()
-    front = pareto_front(xs, ys)
-    ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="0.6", zorder=1, label="Pareto front")
+    ax.step([scale * _cost(p, cost) for p in front], [100 * p.error for p in front], where="post", color="0.6",
+            zorder=1, label="Pareto front")
     ax.scatter(xs, ys, zorder=2)
     if annotate:
         for x, y, p in zip(xs, ys, profiles):
@@ -88,8 +117,28 @@ def pareto_plot(profiles, cost: str = "bytes", ax=None, logx: bool = True, annot
 def layer_share_plot(breakdowns: dict, quantities: Sequence[str] = ("params", "bytes", "flops"), axes=None):
     """Stacked horizontal bars: each layer's share of each quantity, one bar per model.
 
-    ``breakdowns`` maps a model name to the rows of :func:`nncompress.measure.layer_breakdown`.
-    Returns the array of axes (one per quantity).
+    Parameters
+    ----------
+    breakdowns
+        Model names mapped to the rows of :func:`nncompress.measure.layer_breakdown`.
+    quantities
+        Keys of those rows to draw, one panel each.
+    axes
+        One matplotlib axes per quantity, or None for a new figure.
+
+    Returns
+    -------
+    sequence of matplotlib.axes.Axes
+        The axes, one per quantity.
+
+    Raises
+    ------
+    ValueError
+        If ``breakdowns`` is empty.
+
+    References
+    ----------
+    han2015learning
     """
     import matplotlib.pyplot as plt
     import numpy as np

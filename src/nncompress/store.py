@@ -54,7 +54,13 @@ RECIPES: dict[str, dict[str, Recipe]] = {
 
 
 def cache_dir() -> Path:
-    """Where baselines trained on this machine are cached: ``$NNCOMPRESS_CACHE`` or the user cache."""
+    """Where checkpoints made on this machine are cached.
+
+    Returns
+    -------
+    pathlib.Path
+        ``$NNCOMPRESS_CACHE`` if set, else the user cache directory's ``nncompress/baselines``.
+    """
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
@@ -71,15 +77,54 @@ def _recipe(name: str, recipe: str) -> Recipe:
 
 
 def checkpoint_filename(name: str, recipe: str, seed: int) -> str:
-    return f"{name}-{recipe}-seed{seed}.pt"
+    """The file name of checkpoint ``(name, recipe, seed)``: ``"<name>-<recipe>-seed<seed>.pt"``.
+
+    Parameters
+    ----------
+    name, recipe
+        Model and recipe names.
+    seed
+        The seed the checkpoint was made with, an int >= 0.
+
+    Returns
+    -------
+    str
+        The file name.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``seed`` is not an int >= 0.
+    """
+    return f"{name}-{recipe}-seed{validate.integer(seed, 'seed', 0)}.pt"
 
 
 def train_baseline(name: str, recipe: str = "default", seed: int = 0, data: MNIST | None = None,
                    progress: bool = False) -> dict:
-    """Train baseline ``(name, recipe, seed)`` from scratch; return its checkpoint dictionary.
+    """Train baseline ``(name, recipe, seed)`` from scratch with :data:`RECIPES` ``[name][recipe]``.
 
-    The dictionary holds ``state_dict``, the ``recipe`` fields, ``seed``, the ``val_error`` and
-    ``test_error`` it reached, ``train_seconds`` and the ``torch`` version.
+    Parameters
+    ----------
+    name
+        A model of :data:`nncompress.models.MODELS`.
+    recipe
+        A recipe name of :data:`RECIPES` for that model.
+    seed
+        Seeds the initialization and the training run.
+    data
+        The data (default: :func:`nncompress.data.load_mnist`).
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        The checkpoint (see :func:`checkpoint_record`).
+
+    Raises
+    ------
+    ValueError
+        For an unknown model or recipe name.
     """
     spec = _recipe(name, recipe)
     data = data or load_mnist()
@@ -92,9 +137,32 @@ def train_baseline(name: str, recipe: str = "default", seed: int = 0, data: MNIS
 
 def checkpoint_record(model: nn.Module, name: str, recipe_name: str, spec, seed: int, data: MNIST,
                       seconds: float, **extra) -> dict:
-    """The checkpoint dictionary of a trained ``model``: a copy of its ``state_dict``, the model and
-    recipe names, the recipe's fields (``spec``, a dataclass), ``seed``, the validation and test
-    errors on ``data``, the training ``seconds``, thread count and torch version, and ``extra``."""
+    """The checkpoint dictionary of a trained ``model``.
+
+    Parameters
+    ----------
+    model
+        The trained model.
+    name, recipe_name
+        Its model and recipe names.
+    spec
+        The recipe, a dataclass (stored as a dict of its fields).
+    seed
+        The seed it was made with.
+    data
+        The data whose validation and test splits it is evaluated on.
+    seconds
+        How long making it took.
+    **extra
+        Further entries to store.
+
+    Returns
+    -------
+    dict
+        ``state_dict`` (a copy), ``model``, ``recipe_name``, ``recipe``, ``seed``, ``val_error``
+        and ``test_error`` (fractions), ``train_seconds``, ``threads``, ``torch`` (version),
+        and ``extra``.
+    """
     return {
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "model": name,
@@ -115,7 +183,15 @@ def _read(path: Path) -> dict:
 
 
 def write_checkpoint(checkpoint: dict, path: Path) -> None:
-    """Write ``checkpoint`` to ``path`` atomically."""
+    """Write ``checkpoint`` to ``path`` atomically (a temporary file, then a rename).
+
+    Parameters
+    ----------
+    checkpoint
+        A dictionary of tensors and plain values (loadable with ``weights_only=True``).
+    path
+        The target file; its folder is created if needed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
@@ -125,11 +201,31 @@ def write_checkpoint(checkpoint: dict, path: Path) -> None:
 
 
 def stored(filename: str, spec: dict, make: Callable[[], dict]) -> dict:
-    """The checkpoint ``filename`` whose stored ``"recipe"`` equals ``spec``, made by ``make()`` if needed.
+    """The checkpoint ``filename`` made with recipe ``spec``: shipped, cached, or made now.
 
-    Shipped checkpoints come first, then the cache. A checkpoint whose stored recipe differs from
-    ``spec`` is stale: a stale or unreadable cached one is rebuilt, a stale shipped one raises (the
-    shipped files must be regenerated with ``python -m nncompress.baselines``).
+    Shipped checkpoints come first, then the cache. A checkpoint whose stored ``"recipe"``
+    differs from ``spec`` is stale: a stale or unreadable cached one is made again, a stale
+    shipped one raises (the shipped files must be regenerated with
+    ``python -m nncompress.baselines``). Any kind of checkpoint can be stored this way.
+
+    Parameters
+    ----------
+    filename
+        The checkpoint's file name.
+    spec
+        The recipe as a dict; it must equal the checkpoint's ``"recipe"`` entry.
+    make
+        Makes the checkpoint dictionary when none is stored; the result is cached.
+
+    Returns
+    -------
+    dict
+        The checkpoint.
+
+    Raises
+    ------
+    RuntimeError
+        If a shipped checkpoint was made with another recipe.
     """
     shipped = SHIPPED_DIR / filename
     if shipped.exists():
@@ -153,8 +249,23 @@ def stored(filename: str, spec: dict, make: Callable[[], dict]) -> dict:
 
 def baseline_info(name: str, recipe: str = "default", seed: int = 0, data: MNIST | None = None,
                   progress: bool = False) -> dict:
-    """The checkpoint dictionary of baseline ``(name, recipe, seed)``, training it if needed
-    (see :func:`stored` for where it comes from)."""
+    """The checkpoint dictionary of baseline ``(name, recipe, seed)``, trained if not stored.
+
+    Parameters
+    ----------
+    name, recipe, seed, data, progress
+        As :func:`train_baseline`.
+
+    Returns
+    -------
+    dict
+        The checkpoint (see :func:`stored` for where it comes from).
+
+    Raises
+    ------
+    ValueError
+        For an unknown model or recipe name.
+    """
     spec = dataclasses.asdict(_recipe(name, recipe))
     return stored(checkpoint_filename(name, recipe, seed), spec,
                   lambda: train_baseline(name, recipe, seed, data=data, progress=progress))
@@ -162,7 +273,23 @@ def baseline_info(name: str, recipe: str = "default", seed: int = 0, data: MNIST
 
 def baseline(name: str, recipe: str = "default", seed: int = 0, data: MNIST | None = None,
              progress: bool = False) -> nn.Module:
-    """A trained baseline model in eval mode (see :func:`baseline_info` for where it comes from)."""
+    """A trained baseline model from the store.
+
+    Parameters
+    ----------
+    name, recipe, seed, data, progress
+        As :func:`train_baseline`.
+
+    Returns
+    -------
+    nn.Module
+        A fresh model in eval mode holding the checkpoint's weights.
+
+    Raises
+    ------
+    ValueError
+        For an unknown model or recipe name.
+    """
     checkpoint = baseline_info(name, recipe, seed, data=data, progress=progress)
     model = models.build(name)
     model.load_state_dict(checkpoint["state_dict"])
@@ -173,9 +300,31 @@ def baseline(name: str, recipe: str = "default", seed: int = 0, data: MNIST | No
 class PruneRecipe:
     """How a pruned checkpoint of the store is made from a trained baseline (see :func:`pruned_info`).
 
-    :func:`iterative_prune` takes each layer to ``sparsity[layer]`` in rounds, at the given
-    ``fractions`` of it, retraining with ``retrain`` after each round. ``baseline`` names the recipe
-    of the dense starting point in :data:`nncompress.train.RECIPES`.
+    :func:`nncompress.pruning.iterative_prune_` takes each layer to ``sparsity[layer]`` in rounds,
+    at the given ``fractions`` of it, retraining with ``retrain`` after each round.
+
+    Parameters
+    ----------
+    sparsity
+        ``{layer name, glob pattern or type: final sparsity in [0, 1)}``; at least one entry.
+    retrain
+        The recipe of each retraining round.
+    fractions
+        The fraction of the final sparsity reached by each round: in (0, 1], the last one 1.
+    baseline
+        The name of the dense starting point's recipe in :data:`RECIPES`.
+
+    Raises
+    ------
+    TypeError
+        For a non-numeric sparsity or fraction, or ``retrain`` not a Recipe.
+    ValueError
+        For an empty ``sparsity``, a sparsity outside [0, 1), or ``fractions`` outside (0, 1] or
+        not ending with 1.
+
+    References
+    ----------
+    han2015learning
     """
 
     sparsity: dict[str, float]
@@ -184,15 +333,19 @@ class PruneRecipe:
     baseline: str = "default"
 
     def __post_init__(self):
+        validate.mapping(self.sparsity, "sparsity")
         if not self.sparsity:
             raise ValueError("sparsity must name at least one layer")
         for layer, value in self.sparsity.items():
             validate.fraction(value, f"sparsity[{layer!r}]")
-        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions) or self.fractions[-1] != 1:
+        if not isinstance(self.retrain, Recipe):
+            raise TypeError(f"retrain must be an nncompress.train.Recipe, got {type(self.retrain).__name__}")
+        fractions = [validate.number(f, f"fractions[{i}]", 0, 1, low_open=True) for i, f in enumerate(self.fractions)]
+        if not fractions or fractions[-1] != 1:
             raise ValueError(f"fractions must lie in (0, 1] and end with 1, got {self.fractions!r}")
 
     def schedule(self) -> list[dict[str, float]]:
-        """The per-round sparsities passed to :func:`iterative_prune`."""
+        """The per-round sparsities passed to :func:`nncompress.pruning.iterative_prune_`."""
         return [{layer: f * s for layer, s in self.sparsity.items()} for f in self.fractions]
 
 
@@ -213,8 +366,34 @@ def _prune_recipe(name: str, recipe: str) -> PruneRecipe:
 
 
 def make_pruned(name: str, recipe: str = "han", seed: int = 0, data: MNIST | None = None) -> dict:
-    """Prune baseline ``(name, spec.baseline, seed)`` with :data:`PRUNED` ``[name][recipe]``; return
-    the checkpoint dictionary (the baked ``state_dict``, recipe, errors, layer sparsities, time)."""
+    """Prune baseline ``(name, spec.baseline, seed)`` with ``PRUNED[name][recipe]``.
+
+    Parameters
+    ----------
+    name
+        A model name of :data:`PRUNED`.
+    recipe
+        A pruning recipe of ``PRUNED[name]``.
+    seed
+        The baseline's seed, which also seeds the retraining.
+    data
+        The data set (default: :func:`nncompress.data.load_mnist`).
+
+    Returns
+    -------
+    dict
+        The checkpoint dictionary (:func:`checkpoint_record`): the baked ``state_dict`` (plain
+        weights, pruned entries exactly zero), the recipe, errors, time, and ``layer_sparsity``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown model or pruning recipe.
+
+    References
+    ----------
+    han2015learning
+    """
     spec = _prune_recipe(name, recipe)
     data = data or load_mnist()
     model = baseline(name, spec.baseline, seed, data=data)
@@ -226,20 +405,75 @@ def make_pruned(name: str, recipe: str = "han", seed: int = 0, data: MNIST | Non
 
 
 def pruned_filename(name: str, recipe: str, seed: int) -> str:
+    """The file name of pruned checkpoint ``(name, recipe, seed)``.
+
+    Parameters
+    ----------
+    name, recipe, seed
+        Model name, pruning recipe name and seed.
+
+    Returns
+    -------
+    str
+        ``"<name>-pruned_<recipe>-seed<seed>.pt"``.
+    """
     return checkpoint_filename(name, f"pruned_{recipe}", seed)
 
 
 def pruned_info(name: str, recipe: str = "han", seed: int = 0, data: MNIST | None = None) -> dict:
-    """The checkpoint dictionary of pruned model ``(name, recipe, seed)``: shipped, cached, or made
-    now by :func:`make_pruned` (see :func:`nncompress.train.stored`)."""
+    """The checkpoint dictionary of pruned model ``(name, recipe, seed)``.
+
+    Shipped, cached, or made now by :func:`make_pruned` (see :func:`stored`).
+
+    Parameters
+    ----------
+    name, recipe, seed, data
+        As :func:`make_pruned`.
+
+    Returns
+    -------
+    dict
+        As :func:`make_pruned`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown model or pruning recipe.
+
+    References
+    ----------
+    han2015learning
+    """
     spec = dataclasses.asdict(_prune_recipe(name, recipe))
     return stored(pruned_filename(name, recipe, seed), spec, lambda: make_pruned(name, recipe, seed, data=data))
 
 
 def pruned_baseline(name: str, recipe: str = "han", seed: int = 0, data: MNIST | None = None) -> nn.Module:
-    """A pruned model from the store, in eval mode, with plain weights (pruned entries are exact
-    zeros and no masks are attached: re-attach them with ``pruning.apply_masks(model, {layer: weight != 0})``
-    before training it further)."""
+    """A pruned model from the store, in eval mode, with plain weights.
+
+    Pruned entries are exact zeros and no masks are attached. Before training it further,
+    re-attach them: ``pruning.apply_masks_(model, {f"{n}.weight": m.weight != 0 for n, m in
+    nncompress.layers.select(model).items()})``.
+
+    Parameters
+    ----------
+    name, recipe, seed, data
+        As :func:`make_pruned`.
+
+    Returns
+    -------
+    nn.Module
+        The pruned model.
+
+    Raises
+    ------
+    ValueError
+        For an unknown model or pruning recipe.
+
+    References
+    ----------
+    han2015learning
+    """
     checkpoint = pruned_info(name, recipe, seed, data=data)
     model = models.build(name)
     model.load_state_dict(checkpoint["state_dict"])

@@ -1,0 +1,44 @@
+"""Pruning: masks from weights, masks on any model, physical channel removal, and procedures.
+
+Three layers, as everywhere in the package:
+
+- pure functions compute a mask from tensors (:mod:`.criteria`): :func:`magnitude_mask`,
+  :func:`global_magnitude_masks`, :func:`channel_norms`, :func:`ln_structured_mask`, and the
+  sparsity schedule :func:`polynomial_sparsity`;
+- functions put masks on any model, on the layers that ``layers`` selects
+  (:func:`nncompress.layers.select`: names, glob patterns, types). :func:`apply_masks`,
+  :func:`prune_magnitude` and :func:`prune_channels` return a new model and leave their input
+  untouched; :func:`apply_masks_`, :func:`prune_magnitude_` and :func:`prune_channels_` work in
+  place (:mod:`.masks`, :mod:`.channels`). A mask is a :class:`Mask` parametrization: the forward
+  pass uses ``mask * weight``, so pruned weights stay exactly zero through any optimizer step.
+  Bake masks into plain weights with ``nncompress.parametrizations.bake(model, Mask)``.
+  :func:`remove_channels` deletes dead channels physically, for any model whose channel
+  couplings are declared (:class:`nncompress.layers.Coupling`), and :func:`to_sparse` stores
+  Linear layers in CSR (:mod:`.sparse`);
+- training procedures built on :func:`nncompress.train.fit` (:mod:`.procedures`):
+  :func:`iterative_prune_` (Han et al.), :func:`gradual_pruning` (Zhu and Gupta),
+  :func:`lottery_ticket` with :func:`rewind` (Frankle and Carbin; Frankle et al.), and
+  experiments that compare them and return plain numbers: :func:`sparsity_sweep` and
+  :func:`gradual_vs_one_shot`.
+
+Sparsity is always the fraction of weights *removed*. Pruned checkpoints of the book's models
+are kept by :mod:`nncompress.store`.
+
+References: han2015learning, zhu2017prune, li2017pruning, frankle2019lottery, frankle2019stabilizing
+"""
+
+from .channels import prune_channels, prune_channels_, remove_channels
+from .criteria import channel_norms, global_magnitude_masks, ln_structured_mask, magnitude_mask, polynomial_sparsity
+from .masks import (Mask, apply_masks, apply_masks_, layer_sparsity, load_pruned, masks_of, prune_magnitude,
+                    prune_magnitude_, rewind, rewind_)
+from .procedures import gradual_pruning, gradual_vs_one_shot, iterative_prune_, lottery_ticket, sparsity_sweep
+from .sparse import SparseLinear, to_sparse
+
+__all__ = [
+    "magnitude_mask", "global_magnitude_masks", "channel_norms", "ln_structured_mask", "polynomial_sparsity",
+    "Mask", "apply_masks", "apply_masks_", "masks_of", "prune_magnitude", "prune_magnitude_", "layer_sparsity",
+    "load_pruned", "rewind", "rewind_",
+    "prune_channels", "prune_channels_", "remove_channels",
+    "SparseLinear", "to_sparse",
+    "iterative_prune_", "gradual_pruning", "sparsity_sweep", "gradual_vs_one_shot", "lottery_ticket",
+]

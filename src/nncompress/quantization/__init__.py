@@ -1,0 +1,36 @@
+"""Quantization: uniform affine fake quantization, calibration, QAT, binary/ternary weights,
+integer-only arithmetic and conversion to torch's int8 CPU kernels, for any model.
+
+The family in parts, from tensors up:
+
+- :mod:`.affine`: :func:`qrange`, :func:`qparams`, :func:`fake_quantize`, :func:`quantize`,
+  :func:`dequantize` (a *b*-bit affine quantizer and its parameters);
+- :mod:`.ranges`: calibrators that turn a tensor into a clipping range, and :class:`Observer`;
+- :mod:`.modules`: the quantizers a model carries (weight parametrizations, activation
+  quantizers) and :func:`binarize`/:func:`ternarize`;
+- :mod:`.model`: :func:`apply_fake_quant`, :func:`calibrate`, :func:`post_training_quantize`,
+  :func:`apply_binary` and the packed stored form;
+- :mod:`.integer`: integer-only arithmetic (:class:`IntegerLinear`);
+- :mod:`.int8`: :func:`to_int8`, torch's int8 kernels.
+
+Every model-level function returns a new model of the same class and leaves its input
+untouched; the in-place variants end with ``_``. Bake the quantized weights into plain tensors
+with :func:`nncompress.parametrizations.bake`.
+"""
+
+from .affine import dequantize, fake_quantize, qparams, qrange, quantize
+from .int8 import Int8Layer, to_int8
+from .integer import IntegerLinear, fixed_point_multiplier, requantize
+from .model import (activation_quantizers, apply_binary, apply_binary_, apply_fake_quant, apply_fake_quant_,
+                    calibrate, calibrate_, packed_bytes, packed_state, post_training_quantize, weight_quantizers)
+from .modules import ActFakeQuant, BinaryWeight, TernaryWeight, WeightFakeQuant, binarize, ternarize
+from .ranges import CALIBRATIONS, Observer, calibrated_range, minmax_range, mse_range, percentile_range
+
+__all__ = [
+    "qrange", "qparams", "fake_quantize", "quantize", "dequantize",
+    "CALIBRATIONS", "minmax_range", "percentile_range", "mse_range", "calibrated_range", "Observer",
+    "WeightFakeQuant", "ActFakeQuant", "BinaryWeight", "TernaryWeight", "binarize", "ternarize",
+    "apply_fake_quant", "apply_fake_quant_", "apply_binary", "apply_binary_", "calibrate", "calibrate_",
+    "post_training_quantize", "activation_quantizers", "weight_quantizers", "packed_state", "packed_bytes",
+    "fixed_point_multiplier", "requantize", "IntegerLinear", "Int8Layer", "to_int8",
+]

@@ -1,0 +1,319 @@
+"""CPU latency, measured so that comparisons survive other work on the machine.
+
+Four entry points, re-exported by :mod:`nncompress.measure`:
+
+- :func:`measure_latency` times one model: the median of ``torch.utils.benchmark``'s
+  ``blocked_autorange`` under ``torch.inference_mode``, with the thread count fixed, after
+  warm-up; the smallest of a few such medians, since interference only ever adds time.
+- :func:`measure_latencies` times several models that are to be compared *in turns*
+  (round-robin), each keeping its fastest round, and adds rounds until every model's fastest
+  round has been matched by another (the estimate is stable), within a bounded number of rounds.
+- :func:`per_input_latencies` times models that run inputs one at a time, in turns, for models
+  whose work depends on the input (early exit);
+- :func:`thread_scaling` measures, right now, how much a second thread speeds up a reference
+  matrix product: a notebook asserts claims about several threads only when it is high enough.
+
+References: paszke2019pytorch, hoefler2015scientific
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils import benchmark
+
+from . import validate
+
+__all__ = ["MNIST_SHAPE", "measure_latency", "measure_latencies", "per_input_latencies", "thread_scaling"]
+
+MNIST_SHAPE = (1, 28, 28)
+
+
+def _batch(batch_size: int, input_shape: Sequence[int], inputs: torch.Tensor | None) -> torch.Tensor:
+    """The timed batch: the first ``batch_size`` rows of ``inputs``, or a seeded random batch."""
+    if inputs is None:
+        return torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
+    if not isinstance(inputs, torch.Tensor) or len(inputs) < batch_size:
+        raise ValueError(f"inputs must be a tensor with at least batch_size={batch_size} rows")
+    return inputs[:batch_size]
+
+
+def measure_latency(
+    model: nn.Module,
+    batch_size: int = 1,
+    input_shape: Sequence[int] = MNIST_SHAPE,
+    threads: int = 1,
+    min_run_time: float = 0.2,
+    warmup: int = 3,
+    repeats: int = 3,
+    inputs: torch.Tensor | None = None,
+) -> float:
+    """Median seconds of one forward pass of ``model`` on a batch, the best of ``repeats``.
+
+    Uses ``torch.utils.benchmark.Timer(...).blocked_autorange`` with ``num_threads=threads``,
+    under ``torch.inference_mode``, after ``warmup`` untimed calls. The measurement is repeated
+    ``repeats`` times (``min_run_time`` seconds in all) and the smallest median is returned:
+    interference from other processes only ever adds time, so the minimum is the most
+    reproducible estimate. To compare models, use :func:`measure_latencies` instead.
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``; it is put in eval mode.
+    batch_size
+        Inputs per forward pass (an int >= 1).
+    input_shape
+        Shape of one input, without the batch axis (used when ``inputs`` is None).
+    threads
+        Intra-op threads during the measurement (an int >= 1); the previous setting is restored.
+    min_run_time
+        Seconds of timing in all (a number > 0).
+    warmup
+        Untimed calls before timing (an int >= 0).
+    repeats
+        Timed measurements, of which the fastest is kept (an int >= 1).
+    inputs
+        Real inputs whose first ``batch_size`` rows form the batch, for a model whose work
+        depends on its input (an early-exit network); a seeded random batch when None.
+
+    Returns
+    -------
+    float
+        Seconds per forward pass over the batch.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an ``nn.Module`` or a count is not an int.
+    ValueError
+        If a count or ``min_run_time`` is out of range, or ``inputs`` has fewer than
+        ``batch_size`` rows.
+
+    References
+    ----------
+    paszke2019pytorch, hoefler2015scientific
+    """
+    validate.module(model)
+    batch_size = validate.integer(batch_size, "batch_size", 1)
+    threads = validate.integer(threads, "threads", 1)
+    repeats = validate.integer(repeats, "repeats", 1)
+    warmup = validate.integer(warmup, "warmup", 0)
+    min_run_time = validate.number(min_run_time, "min_run_time", 0.0, low_open=True)
+    x = _batch(batch_size, input_shape, inputs)
+    model.eval()
+
+    def run():
+        with torch.inference_mode():
+            model(x)
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for _ in range(warmup):
+            run()
+    finally:
+        torch.set_num_threads(previous)
+    timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads)
+    return min(timer.blocked_autorange(min_run_time=min_run_time / repeats).median for _ in range(repeats))
+
+
+def _settled(times: Sequence[float], tolerance: float) -> bool:
+    """Whether the fastest of ``times`` has been matched within ``tolerance`` by another."""
+    if len(times) < 2:
+        return False
+    first, second = sorted(times)[:2]
+    return second <= first * (1 + tolerance)
+
+
+def measure_latencies(
+    models: Mapping[str, nn.Module],
+    batch_size: int = 1,
+    input_shape: Sequence[int] = MNIST_SHAPE,
+    threads: int = 1,
+    min_run_time: float = 0.2,
+    rounds: int = 5,
+    inputs: torch.Tensor | None = None,
+    tolerance: float = 0.05,
+    max_rounds: int | None = None,
+) -> dict[str, float]:
+    """Latencies (seconds) of several models that are to be compared, measured in turns.
+
+    Each round times every model once with :func:`measure_latency` (for
+    ``min_run_time / rounds`` seconds; warm-up calls in the first round only), and each model
+    keeps its fastest round. Interference from other processes that lasts a second or two then
+    slows all the models of the rounds it overlaps, instead of whichever model was being measured
+    at the time, and taking the fastest round discards it.
+
+    After ``rounds`` rounds, rounds go on while the estimate is not stable: until, for every
+    model, another round has come within ``tolerance`` (5 %) of its fastest one, so that no
+    model's figure rests on a single lucky round. Every extra round times all the models, so
+    the comparison stays fair. The work is bounded: at most ``max_rounds`` rounds (by default
+    ``3 * rounds``), that is at most ``max_rounds / rounds`` times ``min_run_time`` per model.
+
+    Parameters
+    ----------
+    models
+        Names to ``nn.Module`` s (at least one), each run on the same batch.
+    batch_size, input_shape, threads, inputs
+        As for :func:`measure_latency`.
+    min_run_time
+        Seconds of timing per model over the first ``rounds`` rounds (a number > 0).
+    rounds
+        Rounds always run (an int >= 1).
+    tolerance
+        Relative distance within which a second round confirms the fastest (a number >= 0).
+    max_rounds
+        Upper bound on the rounds (an int >= ``rounds``); ``3 * rounds`` when None.
+
+    Returns
+    -------
+    dict
+        Each model's name mapped to its fastest round, in seconds per forward pass.
+
+    Raises
+    ------
+    TypeError
+        If ``models`` is not a mapping of modules, or a count is not an int.
+    ValueError
+        If ``models`` is empty or an argument is out of range.
+
+    References
+    ----------
+    paszke2019pytorch, hoefler2015scientific
+    """
+    validate.mapping(models, "models")
+    if not models:
+        raise ValueError("models must hold at least one model")
+    for name, model in models.items():
+        validate.module(model, f"models[{name!r}]")
+    rounds = validate.integer(rounds, "rounds", 1)
+    max_rounds = 3 * rounds if max_rounds is None else validate.integer(max_rounds, "max_rounds", rounds)
+    tolerance = validate.number(tolerance, "tolerance", 0.0)
+    min_run_time = validate.number(min_run_time, "min_run_time", 0.0, low_open=True)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for r in range(max_rounds):
+        if r >= rounds and all(_settled(t, tolerance) for t in times.values()):
+            break
+        for name, model in models.items():
+            times[name].append(measure_latency(model, batch_size, input_shape, threads, min_run_time / rounds,
+                                               warmup=3 if r == 0 else 0, repeats=1, inputs=inputs))
+    return {name: min(t) for name, t in times.items()}
+
+
+def per_input_latencies(models: Mapping[str, nn.Module], inputs: torch.Tensor, threads: int = 1,
+                        rounds: int = 3) -> dict[str, float]:
+    """Seconds per input of models run on ``inputs`` one at a time, the models timed in turns.
+
+    For a model whose work depends on its input (an early-exit network), one timed batch says
+    little: this runs every input through each model, one per call, and divides the wall time
+    by their number. Each of ``rounds`` rounds does so for every model in turn (after ten
+    untimed warm-up calls per model in the first round), and each model keeps its fastest round,
+    as in :func:`measure_latencies`.
+
+    Parameters
+    ----------
+    models
+        Names mapped to ``nn.Module`` s (at least one); each is put in eval mode.
+    inputs
+        A non-empty batch; row ``i`` is fed as a batch of one.
+    threads
+        Intra-op threads during the measurement (an int >= 1); the previous setting is restored.
+    rounds
+        Rounds of timing in turns (an int >= 1).
+
+    Returns
+    -------
+    dict
+        Each model's name mapped to its fastest round's seconds per input.
+
+    Raises
+    ------
+    TypeError
+        If ``models`` is not a mapping of modules, ``inputs`` not a tensor, or a count not an int.
+    ValueError
+        If ``models`` or ``inputs`` is empty, or a count is below 1.
+
+    References
+    ----------
+    hoefler2015scientific
+    """
+    validate.mapping(models, "models")
+    if not models:
+        raise ValueError("models must hold at least one model")
+    for name, model in models.items():
+        validate.module(model, f"models[{name!r}]").eval()
+    validate.tensor(inputs, "inputs")
+    threads = validate.integer(threads, "threads", 1)
+    rounds = validate.integer(rounds, "rounds", 1)
+    best = dict.fromkeys(models, math.inf)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            for r in range(rounds):
+                for name, model in models.items():
+                    for i in range(10 if r == 0 else 0):
+                        model(inputs[i % len(inputs)][None])
+                    start = time.perf_counter()
+                    for i in range(len(inputs)):
+                        model(inputs[i:i + 1])
+                    best[name] = min(best[name], (time.perf_counter() - start) / len(inputs))
+    finally:
+        torch.set_num_threads(previous)
+    return best
+
+
+def thread_scaling(threads: int = 2, size: int = 512, rounds: int = 5, min_run_time: float = 0.3) -> float:
+    """The measured speed-up of a reference workload at ``threads`` threads over 1 thread, now.
+
+    The workload is a seeded ``size x size`` float32 matrix product, which torch's BLAS splits
+    evenly over threads: with ``threads`` free cores the speed-up approaches ``threads``; when
+    other work keeps a core busy it falls towards 1, or below (the threads wait for each other).
+    The two thread counts are timed in turns, ``rounds`` rounds of ``min_run_time / rounds``
+    seconds in all, each keeping its fastest round, as in :func:`measure_latencies`. Notebooks
+    assert claims about several threads only when this is high enough (the book asks
+    ``thread_scaling() >= 1.5``).
+
+    Parameters
+    ----------
+    threads
+        The thread count compared with 1 (an int >= 2).
+    size
+        The side of the square matrices (an int >= 16).
+    rounds
+        Rounds of timing in turns (an int >= 1).
+    min_run_time
+        Seconds of timing in all (a number > 0).
+
+    Returns
+    -------
+    float
+        Seconds per product on 1 thread divided by seconds per product on ``threads`` threads.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not a number of the right kind.
+    ValueError
+        If an argument is outside its range.
+
+    References
+    ----------
+    paszke2019pytorch, hoefler2015scientific
+    """
+    threads = validate.integer(threads, "threads", 2)
+    size = validate.integer(size, "size", 16)
+    rounds = validate.integer(rounds, "rounds", 1)
+    min_run_time = validate.number(min_run_time, "min_run_time", 0.0, low_open=True)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=g), torch.randn(size, size, generator=g)  # (size, size) each
+    best = {1: math.inf, threads: math.inf}
+    for _ in range(rounds):
+        for t in best:
+            timer = benchmark.Timer(stmt="torch.mm(a, b)", globals={"torch": torch, "a": a, "b": b}, num_threads=t)
+            best[t] = min(best[t], timer.blocked_autorange(min_run_time=min_run_time / rounds / 2).median)
+    return best[1] / best[threads]
