@@ -3,6 +3,8 @@
 import io
 import math
 import platform
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,6 +181,12 @@ def test_environment_reports_provenance():
     env = measure.environment()
     assert env["torch"] == str(torch.__version__) and env["threads"] >= 1 and env["cpu"]
     assert env["python"] == platform.python_version()
+    assert env["int8_engine"] == torch.backends.quantized.engine and isinstance(env["vnni"], bool)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():  # the flag is read from the "flags" line, not guessed from the model name
+        flags = re.search(r"^flags\s*:(.*)$", cpuinfo.read_text(), re.M)
+        words = flags.group(1).split() if flags else []
+        assert env["vnni"] == ("avx512_vnni" in words or "avx_vnni" in words)
 
 
 def test_table_from_records():

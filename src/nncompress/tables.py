@@ -83,8 +83,12 @@ def environment() -> dict:
     Returns
     -------
     dict
-        ``{"cpu", "threads", "torch", "python"}``; the CPU is the model name of
-        ``/proc/cpuinfo`` where it exists, else the platform's processor or machine name.
+        ``{"cpu", "threads", "torch", "python", "int8_engine", "vnni"}``. The CPU is the model
+        name of ``/proc/cpuinfo`` where it exists, else the platform's processor or machine
+        name; ``int8_engine`` is torch's quantized engine (``"x86"``, ``"fbgemm"``,
+        ``"qnnpack"``...); ``vnni`` says whether the CPU has x86's 8-bit dot-product
+        instructions (AVX-512 VNNI or AVX-VNNI), without which int8 kernels gain little over
+        float32 when the arithmetic, not memory, sets the pace.
 
     References
     ----------
@@ -93,11 +97,15 @@ def environment() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            info = f.read().splitlines()
     except OSError:
-        pass
+        info = []
+    fields = [line.split(":", 1) for line in info if ":" in line]
+    cpu = next((value.strip() for key, value in fields if key.strip() == "model name"), cpu)
+    flags = set(next((value.split() for key, value in fields if key.strip() == "flags"), []))
     return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "int8_engine": torch.backends.quantized.engine,
+            "vnni": bool(flags & {"avx512_vnni", "avx_vnni"})}
 
 
 def write_results(profiles: Sequence[Profile], path, **metadata) -> dict:
