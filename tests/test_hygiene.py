@@ -37,6 +37,15 @@ def test_notebook_imports_nncompress_and_ends_with_claims(path):
     assert "assert" in "".join(cells[-1]["source"]), f"{path}: the last code cell must assert the claims"
 
 
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_pages_hold_no_control_characters(path):
+    # a "\a" typed in a Python string that wrote the page became U+0007 and ate the "a" of "\alpha"
+    text = path.read_text() if path.suffix == ".md" else "".join(
+        "".join(c["source"]) for c in json.loads(path.read_text())["cells"])
+    bad = sorted({f"U+{ord(ch):04X}" for ch in text if ord(ch) < 32 and ch not in "\n\t"})
+    assert not bad, f"{path}: control characters {bad}"
+
+
 def toc_files(node):
     if isinstance(node, dict):
         for key, value in node.items():
