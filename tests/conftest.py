@@ -51,8 +51,25 @@ def book_cache_dir(root: Path = ROOT) -> Path | None:
     return root / execute.get("cache", "_build/.jupyter_cache")
 
 
+def _silenced(source: str, output) -> bool:
+    """Whether IPython would not show ``output``: the result of a cell whose last line ends in ``;``.
+
+    nbval runs cells without storing them in IPython's history, and IPython reads the ``;`` from
+    that history, so under nbval ``plt.ylabel(...);`` still returns its result. Kept, that result
+    becomes a second figure output, and a cell's figure name (``mystnb: figure: name``) is then
+    defined twice in the book.
+    """
+    from IPython.core.displayhook import DisplayHook
+
+    return output.get("output_type") == "execute_result" and DisplayHook.semicolon_at_end_of_expression(source)
+
+
 def executed_notebook(path: Path, outputs: list[list]) -> "nbformat.NotebookNode":
-    """The notebook at ``path`` with ``outputs[i]`` as its i-th code cell's outputs, numbered 1, 2, ..."""
+    """The notebook at ``path`` with ``outputs[i]`` as its i-th code cell's outputs, numbered 1, 2, ...
+
+    A result that IPython would have silenced (the cell ends in ``;``) is dropped, as in a
+    notebook executed by Jupyter.
+    """
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
@@ -61,7 +78,7 @@ def executed_notebook(path: Path, outputs: list[list]) -> "nbformat.NotebookNode
         raise ValueError(f"{path} has {len(cells)} code cells, got outputs for {len(outputs)}")
     for count, (cell, outs) in enumerate(zip(cells, outputs), start=1):
         cell.execution_count = count
-        cell.outputs = [nbformat.from_dict(dict(out)) for out in outs]
+        cell.outputs = [nbformat.from_dict(dict(out)) for out in outs if not _silenced(cell.source, out)]
         for out in cell.outputs:
             if out.output_type == "execute_result":
                 out.execution_count = count

@@ -167,3 +167,24 @@ def test_notebooks_executed_by_nbval_are_found_in_the_book_cache(tmp_path):
     assert code[0].outputs[0].metadata["scrapbook"]["name"] == "x" and code[1].outputs[0].execution_count == 2
     with pytest.raises(ValueError, match="2 code cells"):
         cache_executed(path, [[glued]], tmp_path / "cache")  # a notebook that did not run to the end
+
+
+def test_results_silenced_by_a_semicolon_are_not_cached(tmp_path):
+    # under nbval, `plt.ylabel(...);` still returns its result; cached, it became a second figure
+    # output with the cell's figure name, and the book build failed on the duplicate target
+    import nbformat
+
+    from conftest import executed_notebook
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("plt.plot([1, 2])\nplt.ylabel('y');  # label"),
+                nbformat.v4.new_code_cell("plt.ylabel('y')")]
+    path = tmp_path / "demo.ipynb"
+    nbformat.write(nb, str(path))
+    result = {"output_type": "execute_result", "data": {"text/plain": "Text(0, 0.5, 'y')"}, "metadata": {},
+              "execution_count": 1}
+    figure = {"output_type": "display_data", "data": {"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"},
+              "metadata": {}}
+    silenced, shown = [c.outputs for c in executed_notebook(path, [[result, figure], [result, figure]]).cells]
+    assert [o.output_type for o in silenced] == ["display_data"]
+    assert [o.output_type for o in shown] == ["execute_result", "display_data"]
