@@ -1,4 +1,5 @@
-"""The store of trained checkpoints: baselines and pruned models, shipped, cached or made."""
+"""The store of trained checkpoints: baselines and pruned models, shipped, cached or made (distilled
+students: test_store_distilled.py)."""
 
 import dataclasses
 
@@ -15,7 +16,7 @@ from conftest import blobs
 def tiny_store(tmp_path, monkeypatch):
     """A store with no shipped files, a tiny recipe, and synthetic data."""
     monkeypatch.setenv(store.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(store, "SHIPPED_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(store.core, "SHIPPED_DIR", tmp_path / "shipped")
     monkeypatch.setitem(store.RECIPES, "lenet300_100", {"tiny": Recipe(epochs=1, lr=0.05)})
     x, y = blobs(300)
     return data.MNIST(x[:200], y[:200], x[200:250], y[200:250], x[250:], y[250:])
@@ -51,7 +52,9 @@ def test_store_rejects_unknown_names():
         store.baseline("lenet5", "fast")
 
 
-SHIPPED = sorted(p for p in store.SHIPPED_DIR.glob("*.pt") if "-pruned_" not in p.name)  # pruned: test_pruning
+# baselines only; pruned checkpoints are tested below, distilled students in test_store_distilled.py
+SHIPPED = sorted(p for p in store.SHIPPED_DIR.glob("*.pt")
+                 if "-pruned_" not in p.name and "-distilled_" not in p.name)
 HAVE_MNIST = (data.data_dir() / "mnist").is_dir()
 LIMITS = {"lenet300_100": 0.018, "lenet5": 0.010, "hinton_teacher": 0.012}  # test-error targets
 # Hinton et al.'s teacher takes about 15 minutes to train on 2 cores: too long to retrain in CI.
@@ -99,7 +102,7 @@ def test_script_reproduces_shipped_accuracy(path):
 def tiny_pruned_store(tmp_path, monkeypatch):
     """A store with no shipped files, tiny baseline and pruning recipes, and synthetic data."""
     monkeypatch.setenv(store.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(store, "SHIPPED_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(store.core, "SHIPPED_DIR", tmp_path / "shipped")
     monkeypatch.setitem(store.RECIPES, "lenet300_100", {"tiny": Recipe(epochs=1, lr=0.05)})
     spec = store.PruneRecipe({"fc1": 0.9, "fc3": 0.5}, Recipe(epochs=1, lr=1e-3, optimizer="adam"),
                                fractions=(0.5, 1.0), baseline="tiny")

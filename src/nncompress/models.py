@@ -23,8 +23,8 @@ from torch import nn
 from . import validate
 from .layers import Coupling
 
-__all__ = ["MLP", "LeNet5", "lenet_300_100", "lenet5", "hinton_teacher", "hinton_student", "MODELS", "build",
-           "couplings", "as_sequential"]
+__all__ = ["MLP", "LeNet5", "lenet_300_100", "lenet5", "hinton_teacher", "hinton_student", "hinton_tiny",
+           "lenet5_thin", "MODELS", "build", "couplings", "as_sequential"]
 
 
 class MLP(nn.Module):
@@ -181,11 +181,44 @@ def hinton_student() -> MLP:
     return MLP((800, 800))
 
 
+def hinton_tiny() -> MLP:
+    """The smallest student of the distillation chapter's temperature sweep: 2x30 ReLU units.
+
+    Returns
+    -------
+    MLP
+        A freshly initialized model (seed torch first for repeatability).
+
+    References
+    ----------
+    hinton2015distilling
+    """
+    return MLP((30, 30))
+
+
+def lenet5_thin() -> LeNet5:
+    """The thin LeNet-5 student of the distillation chapter: 5 and 10 channels, 50 hidden units,
+    ReLU after each convolution (9,950 parameters, 43x fewer than LeNet-5).
+
+    Returns
+    -------
+    LeNet5
+        A freshly initialized model (seed torch first for repeatability).
+
+    References
+    ----------
+    romero2015fitnets, zagoruyko2017paying
+    """
+    return LeNet5(conv_channels=(5, 10), hidden=50, conv_relu=True)
+
+
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "lenet300_100": lenet_300_100,
     "lenet5": lenet5,
     "hinton_teacher": hinton_teacher,
     "hinton_student": hinton_student,
+    "hinton_tiny": hinton_tiny,
+    "lenet5_thin": lenet5_thin,
 }
 
 
@@ -196,7 +229,7 @@ def build(name: str) -> nn.Module:
     ----------
     name
         One of :data:`MODELS`: ``"lenet300_100"``, ``"lenet5"``, ``"hinton_teacher"``,
-        ``"hinton_student"``.
+        ``"hinton_student"``, ``"hinton_tiny"``, ``"lenet5_thin"``.
 
     Returns
     -------

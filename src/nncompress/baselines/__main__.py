@@ -2,9 +2,13 @@
 
 With ``--pruned han`` it writes pruned checkpoints instead (:func:`nncompress.store.make_pruned`,
 starting from the stored baselines): ``python -m nncompress.baselines --pruned han lenet300_100 lenet5``.
+With ``--distilled RECIPE ...`` it writes distilled students (:func:`nncompress.store.make_distilled`),
+one per recipe and seed: ``python -m nncompress.baselines lenet5_thin --distilled kd hint_kd --seed 0 1 2``
+(the models come first, since ``--distilled`` and ``--seed`` take several values).
 
 This is the script that produced the checkpoints shipped in this folder; the test suite retrains
-the baselines with the same function and checks that the test error agrees within 0.1 point.
+a baseline, a pruned model and a distilled student with the same functions and checks that the
+test error agrees with the shipped checkpoint's.
 """
 
 import argparse
@@ -15,23 +19,38 @@ from nncompress.data import load_mnist
 from nncompress.store import SHIPPED_DIR, checkpoint_filename, train_baseline, write_checkpoint
 
 
+def _jobs(args, data):
+    """(path, make) for every checkpoint the arguments ask for."""
+    for name in args.models:
+        for seed in args.seed:
+            if args.distilled:
+                for recipe in args.distilled:
+                    yield (args.out / store.distilled_filename(name, recipe, seed),
+                           lambda n=name, r=recipe, s=seed: store.make_distilled(n, r, s, data=data))
+            elif args.pruned:
+                yield (args.out / store.pruned_filename(name, args.pruned, seed),
+                       lambda n=name, s=seed: store.make_pruned(n, args.pruned, s, data=data))
+            else:
+                yield (args.out / checkpoint_filename(name, args.recipe, seed),
+                       lambda n=name, s=seed: train_baseline(n, args.recipe, s, data=data, progress=True))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m nncompress.baselines", description=__doc__)
     parser.add_argument("models", nargs="+", choices=sorted(models.MODELS))
     parser.add_argument("--recipe", default="default")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pruned", metavar="RECIPE", choices=sorted({r for v in store.PRUNED.values() for r in v}),
-                        help="write the pruned checkpoint made with this pruning recipe instead")
+    parser.add_argument("--seed", type=int, nargs="+", default=[0], help="one checkpoint per seed (default: 0)")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--pruned", metavar="RECIPE", choices=sorted({r for v in store.PRUNED.values() for r in v}),
+                      help="write the pruned checkpoint made with this pruning recipe instead")
+    kind.add_argument("--distilled", metavar="RECIPE", nargs="+",
+                      choices=sorted({r for v in store.DISTILLED.values() for r in v}),
+                      help="write the distilled students made with these distillation recipes instead")
     parser.add_argument("--out", type=Path, default=SHIPPED_DIR, help="output folder (default: the package's)")
     args = parser.parse_args(argv)
     data = load_mnist()
-    for name in args.models:
-        if args.pruned:
-            checkpoint = store.make_pruned(name, args.pruned, args.seed, data=data)
-            path = args.out / store.pruned_filename(name, args.pruned, args.seed)
-        else:
-            checkpoint = train_baseline(name, args.recipe, args.seed, data=data, progress=True)
-            path = args.out / checkpoint_filename(name, args.recipe, args.seed)
+    for path, make in _jobs(args, data):
+        checkpoint = make()
         write_checkpoint(checkpoint, path)
         print(f"{path}: test error {100 * checkpoint['test_error']:.2f} %, val error "
               f"{100 * checkpoint['val_error']:.2f} %, {checkpoint['train_seconds']:.0f} s, "
