@@ -357,3 +357,16 @@ def test_per_input_latencies_feeds_every_input_once_per_round_in_turns():
         measure.per_input_latencies({"a": Spy("a")}, inputs, rounds=0)
     with pytest.raises(TypeError, match="mapping"):
         measure.per_input_latencies([Spy("a")], inputs)
+
+
+def test_fused_cpu_attention_counts_as_its_two_matrix_products():
+    class Fused(nn.Module):
+        def forward(self, q):
+            mask = torch.ones(1, 1, q.shape[-2], q.shape[-2], dtype=torch.bool)
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+
+    class Explicit(nn.Module):
+        def forward(self, q):
+            return (q @ q.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1) @ q
+
+    assert measure.count_flops(Fused(), (4, 10, 8)) == measure.count_flops(Explicit(), (4, 10, 8)) == 2 * 2 * 4 * 10 * 10 * 8

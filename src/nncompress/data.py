@@ -19,6 +19,7 @@ import struct
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,8 @@ __all__ = [
     "data_dir",
     "read_idx",
     "fetch",
+    "download",
+    "check_sha256",
     "load_mnist",
 ]
 
@@ -98,11 +101,27 @@ def _decompressed_bytes(path: Path, gzipped: bool | None = None) -> bytes:
     return path.read_bytes()
 
 
-def _check_sha256(payload: bytes, expected: str, where: str) -> None:
+def check_sha256(payload: bytes, expected: str, where: str) -> None:
+    """Raise :class:`ChecksumError` unless ``payload``'s sha256 is ``expected``.
+
+    Parameters
+    ----------
+    payload
+        The data (decompressed, for a compressed file).
+    expected
+        Its expected sha256, in hex.
+    where
+        What the data is, for the message.
+
+    Raises
+    ------
+    ChecksumError
+        If the digests differ: the data is corrupt or partial.
+    """
     actual = hashlib.sha256(payload).hexdigest()
     if actual != expected:
         raise ChecksumError(
-            f"{where}: sha256 of the decompressed data is {actual}, expected {expected}. "
+            f"{where}: sha256 of the (decompressed) data is {actual}, expected {expected}. "
             "The file is corrupt or partial; delete it (or let the loader download it again)."
         )
 
@@ -141,8 +160,35 @@ def read_idx(payload: bytes) -> np.ndarray:
     return np.frombuffer(payload, dtype=dtype, offset=header).reshape(shape)
 
 
-def _download(url: str, target: Path, sha256: str, timeout: float) -> None:
-    """Download ``url`` (a gzip file) to ``target`` atomically, checking the payload's sha256."""
+def download(url: str, target: Path, timeout: float, check: Callable[[Path], None] | None = None) -> Path:
+    """Download ``url`` to ``target`` atomically: into a temporary file beside it, renamed when complete.
+
+    A transfer shorter than its declared length, or a file that ``check`` rejects (by raising),
+    is deleted and never appears under ``target``'s name.
+
+    Parameters
+    ----------
+    url
+        What to download.
+    target
+        Where the file ends up; its folder must exist.
+    timeout
+        Seconds the connection may stall.
+    check
+        Called with the temporary file's path before the rename; raises to reject it.
+
+    Returns
+    -------
+    pathlib.Path
+        ``target``.
+
+    Raises
+    ------
+    ConnectionError
+        If the transfer stopped early.
+    urllib.error.URLError, OSError
+        If the download fails.
+    """
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     tmp = Path(tmp_name)
     try:
@@ -151,10 +197,18 @@ def _download(url: str, target: Path, sha256: str, timeout: float) -> None:
             declared, received = response.headers.get("Content-Length"), out.tell()
         if declared is not None and int(declared) != received:
             raise ConnectionError(f"transfer interrupted after {received} of {declared} bytes")
-        _check_sha256(_decompressed_bytes(tmp, gzipped=True), sha256, f"{target.name} downloaded from {url}")
+        if check is not None:
+            check(tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+    return target
+
+
+def _download(url: str, target: Path, sha256: str, timeout: float) -> None:
+    """Download ``url`` (a gzip file) to ``target`` atomically, checking the payload's sha256."""
+    download(url, target, timeout, lambda tmp: check_sha256(_decompressed_bytes(tmp, gzipped=True), sha256,
+                                                             f"{target.name} downloaded from {url}"))
 
 
 def fetch(
@@ -199,7 +253,7 @@ def fetch(
     for candidate in (folder / name, folder / f"{name}.gz"):
         if candidate.exists():
             payload = _decompressed_bytes(candidate)
-            _check_sha256(payload, sha256, str(candidate))
+            check_sha256(payload, sha256, str(candidate))
             return payload
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.gz"

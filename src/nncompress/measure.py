@@ -11,7 +11,8 @@ Definitions used throughout the book:
   custom encoding is counted instead (``nbytes=``), e.g. the length of a compressed file.
 - **FLOPs**: floating-point operations of one forward pass on *one* input, as counted by
   ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2; only matrix products
-  and convolutions are counted, not activations or pooling). A product with a sparse (CSR)
+  and convolutions are counted, not activations or pooling; attention counts its two matrix
+  products, whichever kernel runs it). A product with a sparse (CSR)
   matrix counts the work it does: 2 FLOPs per stored value and output column. The int8
   layers of ``torch.ao.nn.quantized`` count their integer multiply-adds the same way.
 - **latency**: median wall time of one forward pass over a batch, from
@@ -36,9 +37,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.utils.flop_counter import FlopCounterMode
 
 from . import validate
+from .flops import _check_model, _int8_layer, count_flops, flops_by_module
 from .tables import Profile, Table, comparison_table, environment, write_results
 from .timing import MNIST_SHAPE, measure_latencies, measure_latency, per_input_latencies, thread_scaling
 from .train import evaluate
@@ -56,6 +57,7 @@ __all__ = [
     "profile",
     "profile_many",
     "layer_breakdown",
+    "flops_by_module",
     "comparison_table",
     "environment",
     "write_results",
@@ -66,20 +68,9 @@ __all__ = [
 ]
 
 
-def _check_model(model) -> None:
-    """Raise TypeError unless ``model`` is an ``nn.Module``."""
-    validate.module(model)
-
-
 def _check_batch_sizes(batch_sizes) -> tuple[int, ...]:
     """The batch sizes as a tuple of ints >= 1."""
     return tuple(validate.integer(b, "batch_sizes entries", 1) for b in batch_sizes)
-
-
-def _int8_layer(module: nn.Module) -> bool:
-    """Whether ``module`` is one of torch's int8 Linear/Conv layers (weights in packed params)."""
-    from torch.ao.nn import quantized as nnq
-    return isinstance(module, (nnq.Linear, nnq.Conv1d, nnq.Conv2d, nnq.Conv3d))
 
 
 def effective_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -218,67 +209,6 @@ def serialized_bytes(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def _sparse_addmm_flops(bias, sparse, dense, *args, out_val=None, **kwargs) -> int:
-    """A sparse-dense product does 2 FLOPs per stored value of the sparse matrix and dense column."""
-    stored = sparse.values().numel() if sparse.layout != torch.strided else sparse.numel()
-    return 2 * stored * dense.shape[1]
-
-
-_sparse_addmm_flops._get_raw = True  # FlopCounterMode passes the tensors, not only their shapes
-
-
-def _flop_counter() -> FlopCounterMode:
-    """torch's FlopCounterMode, also counting sparse (CSR) matrix products by their stored values."""
-    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten._sparse_addmm: _sparse_addmm_flops})
-
-
-def count_flops(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE) -> int:
-    """FLOPs of one forward pass on a single input of shape ``input_shape`` (no batch axis).
-
-    Counted by ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2; matrix
-    products and convolutions only); CSR products by their stored values; torch's int8 layers
-    by their integer multiply-adds.
-
-    Parameters
-    ----------
-    model
-        Any ``nn.Module``.
-    input_shape
-        The shape of one input, without the batch axis.
-
-    Returns
-    -------
-    int
-        FLOPs for one input.
-
-    Raises
-    ------
-    TypeError
-        If ``model`` is not an ``nn.Module``.
-
-    References
-    ----------
-    paszke2019pytorch
-    """
-    _check_model(model)
-    x = torch.zeros(1, *input_shape)
-    counter = _flop_counter()
-    int8_ops = []
-
-    def count_int8(module, inputs, output):  # 2 ops per multiply-add, as for floating point
-        weight = module._weight_bias()[0]
-        int8_ops.append(2 * output.numel() * weight[0].numel())
-
-    hooks = [m.register_forward_hook(count_int8) for m in model.modules() if _int8_layer(m)]
-    try:
-        with torch.no_grad(), counter:
-            model.eval()(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return int(counter.get_total_flops()) + sum(int8_ops)
-
-
 def profile(
     model: nn.Module,
     name: str | None = None,
@@ -412,7 +342,8 @@ def profile_many(
     return profiles
 
 
-def layer_breakdown(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE) -> list[dict]:
+def layer_breakdown(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE,
+                    inputs: torch.Tensor | None = None) -> list[dict]:
     """Per leaf layer that holds weights: ``{"layer", "params", "bytes", "flops"}``.
 
     Parameters
@@ -421,6 +352,8 @@ def layer_breakdown(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE) 
         Any ``nn.Module``.
     input_shape
         The shape of one input, without the batch axis.
+    inputs
+        A batch of one real input instead of zeros, as in :func:`count_flops`.
 
     Returns
     -------
@@ -438,13 +371,7 @@ def layer_breakdown(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE) 
     ----------
     han2015learning
     """
-    _check_model(model)
-    x = torch.zeros(1, *input_shape)
-    counter = _flop_counter()
-    with torch.no_grad(), counter:
-        model.eval()(x)
-    counts = counter.get_flop_counts()
-    top = type(model).__name__
+    flops = flops_by_module(model, input_shape, inputs)
     tensors = effective_tensors(model)
     rows = []
     for prefix, module in model.named_modules():
@@ -456,7 +383,7 @@ def layer_breakdown(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE) 
             "layer": prefix,
             "params": sum(t.numel() for t in own.values()),
             "bytes": sum(t.numel() * t.element_size() for t in state.values()),
-            "flops": int(sum(counts.get(f"{top}.{prefix}", {}).values())),
+            "flops": flops.get(prefix, 0),
         })
     return rows
 

@@ -41,6 +41,9 @@ class Profile:
         The thread count the latencies were measured with.
     bytes_source
         ``"state_dict"`` (``torch.save`` of the state) or ``"custom"`` (a given encoding).
+    metric, score
+        A quality measure other than accuracy, by name, and its value (e.g. ``"spearman"``:
+        STS-B's Spearman correlation times 100, higher is better), or None.
 
     References
     ----------
@@ -56,6 +59,8 @@ class Profile:
     latency: dict[int, float] = field(default_factory=dict)
     threads: int = 1
     bytes_source: str = "state_dict"
+    metric: str | None = None
+    score: float | None = None
 
     @property
     def error(self) -> float | None:
@@ -236,7 +241,8 @@ def comparison_table(profiles: Sequence[Profile], reference: int | None = 0) -> 
     Returns
     -------
     Table
-        Columns ``model``, ``error %``, ``params``, ``non-zeros``, ``kB``, ``MFLOPs``,
+        Columns ``model``, ``error %`` (or the profiles' ``metric``, when they all have a score
+        by the same one), ``params``, ``non-zeros``, ``kB``, ``MFLOPs``,
         ``ms @ b=<batch>`` per batch size, then ``size ×`` and ``speed-up @ b=<batch>``.
 
     Raises
@@ -254,13 +260,15 @@ def comparison_table(profiles: Sequence[Profile], reference: int | None = 0) -> 
     if reference is not None and not 0 <= reference < len(profiles):
         raise ValueError(f"reference must index profiles (0..{len(profiles) - 1}) or be None, got {reference!r}")
     batches = sorted({b for p in profiles for b in p.latency})
-    columns = ["model", "error %", "params", "non-zeros", "kB", "MFLOPs"]
+    scored = all(p.score is not None for p in profiles) and len({p.metric for p in profiles}) == 1
+    columns = ["model", profiles[0].metric if scored else "error %", "params", "non-zeros", "kB", "MFLOPs"]
     columns += [f"ms @ b={b}" for b in batches]
     if reference is not None:
         columns += ["size ×"] + [f"speed-up @ b={b}" for b in batches]
     rows = []
     for p in profiles:
-        row = [p.name, None if p.error is None else 100 * p.error, p.params, p.nonzeros, p.bytes / 1e3, p.flops / 1e6]
+        quality = p.score if scored else None if p.error is None else 100 * p.error
+        row = [p.name, quality, p.params, p.nonzeros, p.bytes / 1e3, p.flops / 1e6]
         row += [1e3 * p.latency[b] if b in p.latency else None for b in batches]
         if reference is not None:
             ref = profiles[reference]

@@ -1,0 +1,23 @@
+"""Sentence encoders on the STS Benchmark: the data, the model, encoding, the metric and the harness.
+
+- :mod:`.stsb`: :func:`load_stsb`, the three splits of STS-B, checked by sha256;
+- :mod:`.encoder`: :func:`load_minilm` (all-MiniLM-L6-v2, checked by sha256, as a
+  :class:`SentenceEncoder`), :func:`tokenize`, :func:`tokenize_pairs`, :func:`encode` (in
+  length-sorted batches) and :func:`sts_spearman`, the benchmark's metric;
+- :mod:`.harness`: :func:`flops_per_sentence` at the lengths of real sentences and
+  :func:`profile_encoders`, the harness's profile of sentence encoders compared with each other.
+
+References: cer2017semeval, reimers2019sentence, wang2020minilm
+"""
+
+from .encoder import (MINILM_MAX_LENGTH, MINILM_SHA256, SentenceEncoder, TokenizedPairs, encode, load_minilm,
+                      minilm_path, spearman, sts_spearman, tokenize, tokenize_pairs)
+from .harness import flops_per_sentence, profile_encoders, timing_sentences
+from .stsb import STSB, STSB_FILES, STSB_MIRRORS, STSPairs, load_stsb, read_sts
+
+__all__ = [
+    "STSB_FILES", "STSB_MIRRORS", "STSPairs", "STSB", "read_sts", "load_stsb",
+    "MINILM_SHA256", "MINILM_MAX_LENGTH", "minilm_path", "SentenceEncoder", "load_minilm", "tokenize",
+    "TokenizedPairs", "tokenize_pairs", "encode", "spearman", "sts_spearman",
+    "flops_per_sentence", "timing_sentences", "profile_encoders",
+]
