@@ -19,18 +19,23 @@ Three layers, as everywhere in the package:
   :func:`iterative_prune_` (Han et al.), :func:`gradual_pruning` (Zhu and Gupta),
   :func:`lottery_ticket` with :func:`rewind` (Frankle and Carbin; Frankle et al.), and
   experiments that compare them and return plain numbers: :func:`sparsity_sweep` and
-  :func:`gradual_vs_one_shot`.
+  :func:`gradual_vs_one_shot`;
+- one-shot pruning with calibration data and no training (:mod:`.oneshot`): :func:`wanda_mask`
+  (Sun et al.), :func:`sparsegpt_prune` (Frantar and Alistarh), and :func:`nm_mask` for N:M
+  patterns such as 2:4.
 
 Sparsity is always the fraction of weights *removed*. Pruned checkpoints of the book's models
 are kept by :mod:`nncompress.store`.
 
-References: han2015learning, zhu2017prune, li2017pruning, frankle2019lottery, frankle2019stabilizing
+References: han2015learning, zhu2017prune, li2017pruning, frankle2019lottery, frankle2019stabilizing,
+sun2024simple, frantar2023sparsegpt
 """
 
 from .channels import prune_channels, prune_channels_, remove_channels
 from .criteria import channel_norms, global_magnitude_masks, ln_structured_mask, magnitude_mask, polynomial_sparsity
 from .masks import (Mask, apply_masks, apply_masks_, layer_sparsity, load_pruned, masks_of, prune_magnitude,
                     prune_magnitude_, rewind, rewind_)
+from .oneshot import nm_mask, sparsegpt_prune, wanda_mask
 from .procedures import gradual_pruning, gradual_vs_one_shot, iterative_prune_, lottery_ticket, sparsity_sweep
 from .sparse import SparseLinear, to_sparse
 
@@ -41,4 +46,5 @@ __all__ = [
     "prune_channels", "prune_channels_", "remove_channels",
     "SparseLinear", "to_sparse",
     "iterative_prune_", "gradual_pruning", "sparsity_sweep", "gradual_vs_one_shot", "lottery_ticket",
+    "nm_mask", "wanda_mask", "sparsegpt_prune",
 ]

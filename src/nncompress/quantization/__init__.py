@@ -11,7 +11,9 @@ The family in parts, from tensors up:
 - :mod:`.model`: :func:`apply_fake_quant`, :func:`calibrate`, :func:`post_training_quantize`,
   :func:`apply_binary` and the packed stored form;
 - :mod:`.integer`: integer-only arithmetic (:class:`IntegerLinear`);
-- :mod:`.int8`: :func:`to_int8`, torch's int8 kernels.
+- :mod:`.int8`: :func:`to_int8`, torch's int8 kernels;
+- :mod:`.gptq`: weight-only quantization in groups, :func:`rtn_quantize` and
+  :func:`gptq_quantize` (Frantar et al.), with calibration data and no training.
 
 Every model-level function returns a new model of the same class and leaves its input
 untouched; the in-place variants end with ``_``. Bake the quantized weights into plain tensors
@@ -19,6 +21,7 @@ with :func:`nncompress.parametrizations.bake`.
 """
 
 from .affine import dequantize, fake_quantize, qparams, qrange, quantize
+from .gptq import group_qparams, gptq_quantize, rtn_quantize
 from .int8 import Int8Layer, to_int8
 from .integer import IntegerLinear, fixed_point_multiplier, requantize
 from .model import (activation_quantizers, apply_binary, apply_binary_, apply_fake_quant, apply_fake_quant_,
@@ -33,4 +36,5 @@ __all__ = [
     "apply_fake_quant", "apply_fake_quant_", "apply_binary", "apply_binary_", "calibrate", "calibrate_",
     "post_training_quantize", "activation_quantizers", "weight_quantizers", "packed_state", "packed_bytes",
     "fixed_point_multiplier", "requantize", "IntegerLinear", "Int8Layer", "to_int8",
+    "group_qparams", "rtn_quantize", "gptq_quantize",
 ]

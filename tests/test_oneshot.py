@@ -1,0 +1,206 @@
+"""One-shot compression with calibration data: statistics, GPTQ, SparseGPT and Wanda.
+
+GPTQ and SparseGPT are checked against a direct transcription of the updates their papers
+derive (Optimal Brain Surgeon with the inverse Hessian eliminated one column at a time, no
+Cholesky factor, no blocks), and against the properties they are built for.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from nncompress import calibration, lowrank
+from nncompress.pruning import magnitude_mask, nm_mask, sparsegpt_prune, wanda_mask
+from nncompress.quantization import fake_quantize, group_qparams, gptq_quantize, rtn_quantize
+
+
+def correlated_inputs(rows=512, features=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(features, features, generator=g) / features ** 0.5
+    scales = torch.logspace(0, 1.5, features)  # a few features much larger, as in real activations
+    return (torch.randn(rows, features, generator=g) @ mixing) * scales
+
+
+def weight_and_gram(out=12, features=64, seed=0):
+    g = torch.Generator().manual_seed(seed + 1)
+    x = correlated_inputs(features=features, seed=seed)
+    return torch.randn(out, features, generator=g), x.double().T @ x.double(), x
+
+
+def output_error(w, q, x):
+    return float(((w.double() - q.double()) @ x.double().T).norm())
+
+
+def damped_inverse(gram, damp=0.01):
+    h = gram.clone()
+    h.diagonal().add_(damp * h.diagonal().mean())
+    return torch.linalg.inv(h)
+
+
+def reference_obs(weight, gram, fix_column, damp=0.01):
+    """Columns in order: fix column j (round or prune it), move its error onto the later columns
+    with the inverse Hessian, then eliminate j from the inverse Hessian (the papers' equations)."""
+    w, hinv = weight.double().clone(), damped_inverse(gram, damp)
+    for j in range(w.shape[1]):
+        fixed = fix_column(w, j)
+        error = (w[:, j] - fixed) / hinv[j, j]
+        w[:, j:] -= error[:, None] * hinv[j, j:][None, :]
+        w[:, j] = fixed
+        hinv = hinv - hinv[:, j:j + 1] @ hinv[j:j + 1, :] / hinv[j, j]
+    return w.float()
+
+
+# --- calibration statistics -------------------------------------------------------------------
+
+def test_input_statistics_sum_over_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    x = torch.randn(40, 6)
+    stats = calibration.input_statistics(model, [x[:15], x[15:]])
+    hidden = torch.relu(model[0](x)).detach()
+    assert torch.allclose(stats["0"].gram, x.double().T @ x.double())
+    assert torch.allclose(stats["2"].gram, hidden.double().T @ hidden.double())
+    assert torch.equal(stats["2"].absmax, hidden.abs().amax(0)) and stats["0"].rows == 40
+    assert torch.allclose(stats["0"].norms, x.norm(dim=0))
+    assert model.training  # the mode is restored
+    with pytest.raises(ValueError, match="batches"):
+        calibration.input_statistics(model, [])
+
+
+def test_inverse_hessian_factor_is_the_cholesky_factor_of_the_damped_inverse():
+    _, gram, _ = weight_and_gram()
+    gram[5, :] = gram[:, 5] = 0  # a feature the data never excites
+    u, dead = calibration.inverse_hessian_factor(gram, damp=0.01)
+    h = gram.clone()
+    h[5, 5] = 1
+    h.diagonal().add_(0.01 * h.diagonal().mean())
+    assert dead.nonzero().flatten().tolist() == [5]
+    assert torch.allclose(u.T @ u, torch.linalg.inv(h), rtol=1e-8, atol=1e-12)
+    assert torch.equal(u, u.triu())
+    with pytest.raises(ValueError, match="damp"):
+        calibration.inverse_hessian_factor(gram, damp=0)
+
+
+# --- GPTQ --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("group_size", [None, 16])
+def test_gptq_equals_the_papers_column_by_column_updates(group_size):
+    weight, gram, _ = weight_and_gram()
+    columns = weight.shape[1]
+    group = columns if group_size is None else group_size
+    grid = {}
+
+    def round_column(w, j):
+        if j % group == 0:
+            grid["scale"], grid["zero"] = group_qparams(w[:, j:j + group].float(), 4)
+        return fake_quantize(w[:, j].float(), grid["scale"], grid["zero"], 4, axis=0).double()
+
+    expected = reference_obs(weight, gram, round_column)
+    for block_size in (1, 7, 128):
+        got = gptq_quantize(weight, gram, bits=4, group_size=group_size, block_size=block_size)
+        assert torch.allclose(got, expected, atol=1e-5), block_size
+
+
+def test_gptq_without_correlations_is_round_to_nearest():
+    weight, _, _ = weight_and_gram()
+    gram = torch.diag(torch.rand(64, dtype=torch.float64) + 0.5)  # independent inputs: nothing to compensate
+    for group_size in (None, 16):
+        assert torch.allclose(gptq_quantize(weight, gram, 3, group_size), rtn_quantize(weight, 3, group_size))
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_gptq_lowers_the_output_error_on_calibration_data(bits):
+    weight, gram, x = weight_and_gram()
+    rtn, gptq = rtn_quantize(weight, bits, 16), gptq_quantize(weight, gram, bits, 16)
+    assert output_error(weight, gptq, x) < 0.95 * output_error(weight, rtn, x)
+    for q in (rtn, gptq):  # both on a grid of 2**bits levels per row and group
+        levels = [len(q[r, c:c + 16].unique()) for r in range(12) for c in range(0, 64, 16)]
+        assert max(levels) <= 2 ** bits
+
+
+def test_rtn_and_gptq_reject_bad_arguments():
+    weight, gram, _ = weight_and_gram()
+    with pytest.raises(ValueError, match="group_size must divide"):
+        rtn_quantize(weight, 4, group_size=10)
+    with pytest.raises(ValueError, match="gram must be"):
+        gptq_quantize(weight, gram[:10, :10], 4)
+    with pytest.raises(ValueError, match="bits"):
+        rtn_quantize(weight, 0)
+    with pytest.raises(TypeError):
+        gptq_quantize(weight.long(), gram)
+
+
+# --- Wanda -------------------------------------------------------------------------------------
+
+def test_wanda_with_equal_norms_is_per_row_magnitude():
+    weight, _, _ = weight_and_gram()
+    keep = wanda_mask(weight, torch.ones(64), 0.5)
+    assert (keep.sum(1) == 32).all()
+    for row in range(12):
+        assert torch.equal(keep[row], magnitude_mask(weight[row], 0.5).bool())
+
+
+def test_wanda_mask_is_invariant_to_rescaling_a_feature_and_its_weights():
+    weight, gram, x = weight_and_gram()
+    norms = x.norm(dim=0)
+    c = torch.ones(64)
+    c[:8] = 10.0  # features 0-7 ten times larger, their weights ten times smaller: the same layer
+    assert torch.equal(wanda_mask(weight, norms, 0.6), wanda_mask(weight / c, norms * c, 0.6))
+    assert not torch.equal(magnitude_mask(weight, 0.6), magnitude_mask(weight / c, 0.6))
+
+
+def test_nm_masks_keep_exactly_m_minus_n_of_every_m():
+    weight, gram, x = weight_and_gram()
+    for keep in (wanda_mask(weight, x.norm(dim=0), n=2, m=4), sparsegpt_prune(weight, gram, n=2, m=4)[1],
+                 nm_mask(weight.abs(), 1, 4)):
+        groups = keep.reshape(12, -1, 4).sum(2)
+        assert (groups == groups[0, 0]).all() and groups[0, 0] in (2, 3)
+    with pytest.raises(ValueError, match="both n and m"):
+        wanda_mask(weight, x.norm(dim=0), n=2)
+    with pytest.raises(ValueError, match="m must divide"):
+        wanda_mask(weight, x.norm(dim=0), n=2, m=5)
+    with pytest.raises(ValueError, match="norms"):
+        wanda_mask(weight, torch.ones(10), 0.5)
+
+
+# --- SparseGPT ---------------------------------------------------------------------------------
+
+def test_sparsegpt_update_equals_the_papers_column_by_column_updates():
+    weight, gram, _ = weight_and_gram()
+    _, mask = sparsegpt_prune(weight, gram, 0.5, block_size=16)
+    expected = reference_obs(weight, gram, lambda w, j: torch.where(mask[:, j], w[:, j], torch.zeros_like(w[:, j])))
+    for block_size in (1, 16, 128):
+        got, keep = sparsegpt_prune(weight, gram, block_size=block_size, mask=mask)
+        assert torch.equal(keep, mask) and torch.allclose(got, expected, atol=1e-5)
+        assert (got[~mask] == 0).all()
+
+
+def test_sparsegpt_without_correlations_prunes_by_magnitude_without_updates():
+    weight, _, _ = weight_and_gram()
+    gram = torch.eye(64, dtype=torch.float64)
+    pruned, keep = sparsegpt_prune(weight, gram, 0.5, block_size=64)
+    assert torch.equal(keep, magnitude_mask(weight, 0.5).bool())
+    assert torch.equal(pruned, weight * keep)
+
+
+def test_sparsegpt_beats_the_same_sparsity_without_updates_on_calibration_data():
+    weight, gram, x = weight_and_gram()
+    pruned, keep = sparsegpt_prune(weight, gram, 0.5)
+    assert abs(keep.float().mean().item() - 0.5) < 1e-6
+    wanda = weight * wanda_mask(weight, x.norm(dim=0), 0.5)
+    assert output_error(weight, pruned, x) < 0.9 * output_error(weight, weight * keep, x)
+    assert output_error(weight, pruned, x) < output_error(weight, wanda, x)
+    with pytest.raises(ValueError, match="block_size must be a multiple"):
+        sparsegpt_prune(weight, gram, n=2, m=4, block_size=6)
+
+
+# --- data-aware low rank (DRONE) ---------------------------------------------------------------
+
+def test_data_aware_low_rank_reaches_the_eckart_young_bound_of_w_x():
+    weight, _, x = weight_and_gram()
+    a, b = lowrank.svd._data_aware_factors(weight, x, 4)
+    s = torch.linalg.svdvals(weight.double() @ x.double().T)
+    best = float(s[4:].square().sum().sqrt())  # no rank-4 matrix does better on W X^T
+    assert output_error(weight, a @ b, x) == pytest.approx(best, rel=1e-6)
+    svd = lowrank.svd_factors(weight, 4)
+    assert output_error(weight, svd[0] @ svd[1], x) > 1.1 * best
