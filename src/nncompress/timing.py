@@ -1,6 +1,6 @@
 """CPU latency, measured so that comparisons survive other work on the machine.
 
-Four entry points, re-exported by :mod:`nncompress.measure`:
+Five entry points, re-exported by :mod:`nncompress.measure`:
 
 - :func:`measure_latency` times one model: the median of ``torch.utils.benchmark``'s
   ``blocked_autorange`` under ``torch.inference_mode``, with the thread count fixed, after
@@ -11,7 +11,9 @@ Four entry points, re-exported by :mod:`nncompress.measure`:
 - :func:`per_input_latencies` times models that run inputs one at a time, in turns, for models
   whose work depends on the input (early exit);
 - :func:`thread_scaling` measures, right now, how much a second thread speeds up a reference
-  matrix product: a notebook asserts claims about several threads only when it is high enough.
+  matrix product: a notebook asserts claims about several threads only when it is high enough;
+- :func:`module_times` splits one model's forward pass by groups of submodules, with
+  ``torch.profiler``: where the time goes, as shares of the whole.
 
 References: paszke2019pytorch, hoefler2015scientific
 """
@@ -28,7 +30,8 @@ from torch.utils import benchmark
 
 from . import validate
 
-__all__ = ["MNIST_SHAPE", "measure_latency", "measure_latencies", "per_input_latencies", "thread_scaling"]
+__all__ = ["MNIST_SHAPE", "measure_latency", "measure_latencies", "per_input_latencies", "thread_scaling",
+           "module_times"]
 
 MNIST_SHAPE = (1, 28, 28)
 
@@ -317,3 +320,80 @@ def thread_scaling(threads: int = 2, size: int = 512, rounds: int = 5, min_run_t
             timer = benchmark.Timer(stmt="torch.mm(a, b)", globals={"torch": torch, "a": a, "b": b}, num_threads=t)
             best[t] = min(best[t], timer.blocked_autorange(min_run_time=min_run_time / rounds / 2).median)
     return best[1] / best[threads]
+
+
+def module_times(model: nn.Module, inputs: torch.Tensor, groups: Mapping[str, Sequence[str]], threads: int = 1,
+                 repeats: int = 10) -> dict[str, float]:
+    """Seconds per forward pass spent inside groups of submodules, measured with ``torch.profiler``.
+
+    Each submodule a group names is wrapped in a profiler label (``record_function``) for the
+    duration of its forward pass; the model runs ``repeats`` times on ``inputs`` (after one
+    warm-up pass) and each group's time is the total of its modules' labels divided by
+    ``repeats``. ``"total"`` is the whole forward pass, measured the same way, so the shares
+    ``time / total`` are what the breakdown is for: the profiler's own overhead inflates every
+    time a little.
+
+    Parameters
+    ----------
+    model
+        Any module.
+    inputs
+        One batch of model inputs.
+    groups
+        Group name mapped to names or glob patterns of submodules (:func:`nncompress.layers.select`
+        with any module type). A module should belong to one group, and no group should hold
+        both a module and one of its submodules.
+    threads
+        Intra-op threads (an int >= 1).
+    repeats
+        Forward passes profiled (an int >= 1).
+
+    Returns
+    -------
+    dict
+        Group name mapped to seconds per forward pass, and ``"total"``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a bad model, selection or count.
+
+    References
+    ----------
+    paszke2019pytorch
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from . import layers as L
+
+    validate.module(model)
+    validate.mapping(groups, "groups")
+    threads = validate.integer(threads, "threads", 1)
+    repeats = validate.integer(repeats, "repeats", 1)
+    label = {}
+    for group, names in groups.items():
+        for name in L.select(model, list(names), types=(nn.Module,)):
+            label[name] = f"group::{group}"
+    modules = dict(model.named_modules())
+    open_labels: list = []
+    handles = []
+    for name, tag in label.items():
+        handles.append(modules[name].register_forward_pre_hook(
+            lambda m, args, tag=tag: open_labels.append(record_function(tag).__enter__())))
+        handles.append(modules[name].register_forward_hook(lambda m, args, out: open_labels.pop().__exit__(None, None, None)))
+    previous = torch.get_num_threads()
+    model.eval()
+    try:
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            model(inputs)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(repeats):
+                    with record_function("group::total"):
+                        model(inputs)
+    finally:
+        torch.set_num_threads(previous)
+        for handle in handles:
+            handle.remove()
+    totals = {event.key: event.cpu_time_total for event in prof.key_averages() if event.key.startswith("group::")}
+    return {group: totals.get(f"group::{group}", 0.0) / repeats / 1e6 for group in [*groups, "total"]}

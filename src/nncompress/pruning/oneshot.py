@@ -123,8 +123,10 @@ def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, sparsity: float = 
     """SparseGPT: prune by OBS saliency, block by block, and update the remaining weights.
 
     Within each block of ``block_size`` columns the mask removes the ``sparsity`` fraction of
-    lowest saliency ``w_ij^2 / U_jj^2`` (``U`` from :func:`inverse_hessian_factor`; for N:M, ``n``
-    of every ``m`` in a row). Then each column's removed weights are set to zero and the
+    lowest saliency ``w_ij^2 / U_jj^2`` (``U`` from :func:`inverse_hessian_factor`), exactly
+    ``round(sparsity * rows * block_size)`` weights. For N:M, each group of ``m`` columns
+    removes the ``n`` of lowest saliency in each row, chosen when the group's first column is
+    reached, from the weights as updated so far (the paper's adaptive mask selection). Then each column's removed weights are set to zero and the
     resulting error is spread over the later columns, ``W[:, k] -= e * U_jk`` with
     ``e = (w_j - p_j) / U_jj``, exactly as :func:`nncompress.quantization.gptq_quantize` does with
     rounding errors.
@@ -182,17 +184,16 @@ def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, sparsity: float = 
         end = min(start + block_size, columns)
         block, errors = w[:, start:end].clone(), torch.zeros(rows, end - start, dtype=w.dtype)
         ub = u[start:end, start:end]
-        if mask is None:
+        if mask is None and n is None:
             saliency = block ** 2 / ub.diagonal()[None, :] ** 2
-            if n is not None:
-                keep[:, start:end] = nm_mask(saliency, n, m)
-            else:
-                chosen, k = torch.ones_like(saliency, dtype=torch.bool), round(sparsity * saliency.numel())
-                if k:
-                    chosen.view(-1)[torch.topk(saliency.flatten(), k, largest=False).indices] = False
-                keep[:, start:end] = chosen
+            chosen, k = torch.ones_like(saliency, dtype=torch.bool), round(sparsity * saliency.numel())
+            if k:
+                chosen.view(-1)[torch.topk(saliency.flatten(), k, largest=False).indices] = False
+            keep[:, start:end] = chosen
         kb = keep[:, start:end]
         for i in range(end - start):
+            if mask is None and n is not None and i % m == 0:  # each group when reached, from the updated weights
+                kb[:, i:i + m] = nm_mask(block[:, i:i + m] ** 2 / ub.diagonal()[None, i:i + m] ** 2, n, m)
             pruned = torch.where(kb[:, i], block[:, i], torch.zeros_like(block[:, i]))
             error = (block[:, i] - pruned) / ub[i, i]
             block[:, i:] -= error[:, None] * ub[i, i:][None, :]
