@@ -370,3 +370,18 @@ def test_fused_cpu_attention_counts_as_its_two_matrix_products():
             return (q @ q.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1) @ q
 
     assert measure.count_flops(Fused(), (4, 10, 8)) == measure.count_flops(Explicit(), (4, 10, 8)) == 2 * 2 * 4 * 10 * 10 * 8
+
+
+def test_group_breakdown_and_module_times_split_a_model_by_groups():
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8), nn.Linear(8, 4))
+    rows = measure.group_breakdown(model, {"first": ["0"], "middle": ["2"]}, input_shape=(16,))
+    assert [r["group"] for r in rows] == ["first", "middle", "rest"]
+    assert [r["params"] for r in rows] == [16 * 32 + 32, 32 * 8 + 8, 8 * 4 + 4]
+    assert [r["flops"] for r in rows] == [2 * 16 * 32, 2 * 32 * 8, 2 * 8 * 4]
+    assert rows[0]["bytes"] == 4 * rows[0]["params"]
+    with pytest.raises(ValueError, match="overlap"):
+        measure.group_breakdown(model, {"a": ["0"], "b": ["0"]}, input_shape=(16,))
+    times = measure.module_times(model, torch.randn(64, 16), {"first": ["0"], "rest": ["2", "3"]}, repeats=3)
+    assert set(times) == {"first", "rest", "total"}
+    assert 0 < times["first"] < times["total"] and 0 < times["rest"] < times["total"]
+    assert times["first"] + times["rest"] <= times["total"]

@@ -236,3 +236,15 @@ def test_profile_encoders_measures_everything_in_turns():
     assert table.columns[1] == "spearman"
     with pytest.raises(ValueError, match="nbytes names"):
         text.profile_encoders(encoders, pairs, nbytes={"three layers": 1})
+
+
+def test_padded_tokens_counts_what_encode_computes_in_either_order():
+    encoder = tiny_encoder()
+    ids = random_ids(30, 20, seed=4)
+    lengths = (ids != 0).sum(1)
+    batches = [lengths[i:i + 8] for i in range(0, 30, 8)]
+    assert text.padded_tokens(ids, 8, sort=False) == sum(len(b) * int(b.max()) for b in batches)
+    sorted_lengths = lengths.sort(descending=True).values
+    assert text.padded_tokens(ids, 8) == sum(len(b) * int(b.max()) for b in sorted_lengths.split(8))
+    assert int(lengths.sum()) <= text.padded_tokens(ids, 8) <= text.padded_tokens(ids, 8, sort=False)
+    assert torch.allclose(text.encode(encoder, ids, 8, sort=False), text.encode(encoder, ids, 8), atol=1e-6)

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from . import layers as L
 from . import validate
 from .flops import _check_model, _int8_layer, count_flops, flops_by_module
 from .tables import Profile, Table, comparison_table, environment, write_results
@@ -59,6 +60,7 @@ __all__ = [
     "profile_many",
     "layer_breakdown",
     "flops_by_module",
+    "group_breakdown",
     "comparison_table",
     "environment",
     "write_results",
@@ -387,6 +389,52 @@ def layer_breakdown(model: nn.Module, input_shape: Sequence[int] = MNIST_SHAPE,
             "bytes": sum(t.numel() * t.element_size() for t in state.values()),
             "flops": flops.get(prefix, 0),
         })
+    return rows
+
+
+def group_breakdown(model: nn.Module, groups: Mapping[str, Sequence[str]], input_shape: Sequence[int] = MNIST_SHAPE,
+                    inputs: torch.Tensor | None = None) -> list[dict]:
+    """Parameters, raw bytes and FLOPs of groups of submodules, each including its submodules.
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``.
+    groups
+        Group name mapped to names or glob patterns of submodules of any type
+        (:func:`nncompress.layers.select`). A submodule should belong to one group only.
+    input_shape, inputs
+        The input for the FLOPs, as in :func:`count_flops`.
+
+    Returns
+    -------
+    list of dict
+        One row per group, in order: ``{"group", "params", "bytes", "flops"}``, then a row
+        ``"rest"`` with what no group holds (the model's total minus the groups').
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a bad model or selection, or groups that overlap.
+    """
+    _check_model(model)
+    validate.mapping(groups, "groups")
+    flops = flops_by_module(model, input_shape, inputs)
+    tensors = effective_tensors(model)
+    rows, claimed = [], set()
+    for group, names in groups.items():
+        chosen = L.select(model, list(names), types=(nn.Module,))
+        own = {k for k in tensors if any(k.startswith(f"{name}.") for name in chosen)}
+        if own & claimed:
+            raise ValueError(f"groups overlap: group {group!r} holds tensors of an earlier group")
+        claimed |= own
+        rows.append({"group": group, "params": sum(tensors[k].numel() for k in own),
+                     "bytes": sum(tensors[k].numel() * tensors[k].element_size() for k in own),
+                     "flops": sum(flops.get(name, 0) for name in chosen)})
+    rest = set(tensors) - claimed
+    rows.append({"group": "rest", "params": sum(tensors[k].numel() for k in rest),
+                 "bytes": sum(tensors[k].numel() * tensors[k].element_size() for k in rest),
+                 "flops": flops.get("", 0) - sum(r["flops"] for r in rows)})
     return rows
 
 

@@ -20,7 +20,10 @@ References: paszke2019pytorch, hoefler2015scientific
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 
@@ -322,6 +325,20 @@ def thread_scaling(threads: int = 2, size: int = 512, rounds: int = 5, min_run_t
     return best[1] / best[threads]
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 inside the block: the profiler's backend logs its start and stop there."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def module_times(model: nn.Module, inputs: torch.Tensor, groups: Mapping[str, Sequence[str]], threads: int = 1,
                  repeats: int = 10) -> dict[str, float]:
     """Seconds per forward pass spent inside groups of submodules, measured with ``torch.profiler``.
@@ -387,7 +404,7 @@ def module_times(model: nn.Module, inputs: torch.Tensor, groups: Mapping[str, Se
         torch.set_num_threads(threads)
         with torch.inference_mode():
             model(inputs)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(repeats):
                     with record_function("group::total"):
                         model(inputs)

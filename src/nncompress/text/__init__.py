@@ -11,13 +11,13 @@ References: cer2017semeval, reimers2019sentence, wang2020minilm
 """
 
 from .encoder import (MINILM_MAX_LENGTH, MINILM_SHA256, SentenceEncoder, TokenizedPairs, encode, load_minilm,
-                      minilm_path, spearman, sts_spearman, tokenize, tokenize_pairs)
+                      minilm_path, padded_tokens, spearman, sts_spearman, tokenize, tokenize_pairs)
 from .harness import flops_per_sentence, profile_encoders, timing_sentences
 from .stsb import STSB, STSB_FILES, STSB_MIRRORS, STSPairs, load_stsb, read_sts
 
 __all__ = [
     "STSB_FILES", "STSB_MIRRORS", "STSPairs", "STSB", "read_sts", "load_stsb",
     "MINILM_SHA256", "MINILM_MAX_LENGTH", "minilm_path", "SentenceEncoder", "load_minilm", "tokenize",
-    "TokenizedPairs", "tokenize_pairs", "encode", "spearman", "sts_spearman",
+    "TokenizedPairs", "tokenize_pairs", "encode", "padded_tokens", "spearman", "sts_spearman",
     "flops_per_sentence", "timing_sentences", "profile_encoders",
 ]

@@ -32,7 +32,7 @@ from ..data import ChecksumError
 from .stsb import STSPairs
 
 __all__ = ["MINILM_SHA256", "MINILM_MAX_LENGTH", "minilm_path", "SentenceEncoder", "load_minilm", "tokenize",
-           "TokenizedPairs", "tokenize_pairs", "encode", "spearman", "sts_spearman"]
+           "TokenizedPairs", "tokenize_pairs", "encode", "padded_tokens", "spearman", "sts_spearman"]
 
 # sha256 of model.safetensors of sentence-transformers/all-MiniLM-L6-v2 (the official file).
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -262,12 +262,14 @@ def _lengths(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     return (ids != pad_id).sum(1)
 
 
-def encode(encoder: nn.Module, ids: torch.Tensor, batch_size: int = 64, pad_id: int = 0) -> torch.Tensor:
+def encode(encoder: nn.Module, ids: torch.Tensor, batch_size: int = 64, pad_id: int = 0,
+           sort: bool = True) -> torch.Tensor:
     """Embeddings of the sentences ``ids`` (right-padded token ids), in length-sorted batches.
 
     Sentences are sorted by length, longest first, and cut into batches of ``batch_size``, so
     each batch is padded only to its own longest sentence; the embeddings come back in the
-    order of ``ids``.
+    order of ``ids``. With ``sort=False`` the batches follow the order of ``ids``, each padded
+    to its longest sentence (what a random order costs: :func:`padded_tokens`).
 
     Parameters
     ----------
@@ -280,6 +282,8 @@ def encode(encoder: nn.Module, ids: torch.Tensor, batch_size: int = 64, pad_id: 
         Sentences per forward pass (an int >= 1).
     pad_id
         The padding token's id.
+    sort
+        Whether to batch the sentences in order of length.
 
     Returns
     -------
@@ -299,7 +303,7 @@ def encode(encoder: nn.Module, ids: torch.Tensor, batch_size: int = 64, pad_id: 
         raise TypeError("ids must be an integer tensor of token ids")
     batch_size = validate.integer(batch_size, "batch_size", 1)
     lengths = _lengths(ids, pad_id)
-    order = torch.argsort(lengths, descending=True, stable=True)
+    order = torch.argsort(lengths, descending=True, stable=True) if sort else torch.arange(len(ids))
     encoder.eval()
     parts = []
     with torch.inference_mode():
@@ -310,6 +314,29 @@ def encode(encoder: nn.Module, ids: torch.Tensor, batch_size: int = 64, pad_id: 
     out = torch.empty_like(embeddings)
     out[order] = embeddings
     return out
+
+
+def padded_tokens(ids: torch.Tensor, batch_size: int = 64, pad_id: int = 0, sort: bool = True) -> int:
+    """Tokens that :func:`encode` computes, padding included, for the same arguments.
+
+    Parameters
+    ----------
+    ids
+        int64 ``(sentences, length)``, right-padded.
+    batch_size, pad_id, sort
+        As for :func:`encode`.
+
+    Returns
+    -------
+    int
+        The sum over batches of the batch size times its longest sentence.
+    """
+    validate.tensor(ids, "ids", dim=2)
+    batch_size = validate.integer(batch_size, "batch_size", 1)
+    lengths = _lengths(ids, pad_id)
+    if sort:
+        lengths = lengths.sort(descending=True).values
+    return sum(len(chunk) * int(chunk.max()) for chunk in lengths.split(batch_size))
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
