@@ -102,7 +102,7 @@ def input_statistics(model: nn.Module, batches: Iterable, layers: L.Layers = Non
     handles = [layer.register_forward_hook(hook(name, layer.in_features)) for name, layer in chosen.items()]
     passes = 0
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: the statistics may later feed modules that train
             for batch in batches:
                 model(batch)
                 passes += 1

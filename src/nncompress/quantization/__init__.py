@@ -11,7 +11,9 @@ The family in parts, from tensors up:
 - :mod:`.model`: :func:`apply_fake_quant`, :func:`calibrate`, :func:`post_training_quantize`,
   :func:`apply_binary` and the packed stored form;
 - :mod:`.integer`: integer-only arithmetic (:class:`IntegerLinear`);
-- :mod:`.int8`: :func:`to_int8`, torch's int8 kernels;
+- :mod:`.int8`: :func:`to_int8` and :func:`dynamic_int8`, torch's int8 kernels;
+- :mod:`.smooth`: SmoothQuant's migration of activation outliers into the weights
+  (:func:`smoothing_scales`, :func:`smooth_linear`, :func:`apply_smoothing`);
 - :mod:`.gptq`: weight-only quantization in groups, :func:`rtn_quantize` and
   :func:`gptq_quantize` (Frantar et al.), with calibration data and no training.
 
@@ -22,11 +24,12 @@ with :func:`nncompress.parametrizations.bake`.
 
 from .affine import dequantize, fake_quantize, qparams, qrange, quantize
 from .gptq import group_qparams, gptq_quantize, rtn_quantize
-from .int8 import Int8Layer, to_int8
+from .int8 import Int8Layer, dynamic_int8, to_int8
 from .integer import IntegerLinear, fixed_point_multiplier, requantize
 from .model import (activation_quantizers, apply_binary, apply_binary_, apply_fake_quant, apply_fake_quant_,
                     calibrate, calibrate_, packed_bytes, packed_state, post_training_quantize, weight_quantizers)
 from .modules import ActFakeQuant, BinaryWeight, TernaryWeight, WeightFakeQuant, binarize, ternarize
+from .smooth import SmoothedLinear, apply_smoothing, smooth_linear, smoothing_scales
 from .ranges import CALIBRATIONS, Observer, calibrated_range, minmax_range, mse_range, percentile_range
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "WeightFakeQuant", "ActFakeQuant", "BinaryWeight", "TernaryWeight", "binarize", "ternarize",
     "apply_fake_quant", "apply_fake_quant_", "apply_binary", "apply_binary_", "calibrate", "calibrate_",
     "post_training_quantize", "activation_quantizers", "weight_quantizers", "packed_state", "packed_bytes",
-    "fixed_point_multiplier", "requantize", "IntegerLinear", "Int8Layer", "to_int8",
+    "fixed_point_multiplier", "requantize", "IntegerLinear", "Int8Layer", "to_int8", "dynamic_int8",
     "group_qparams", "rtn_quantize", "gptq_quantize",
+    "smoothing_scales", "SmoothedLinear", "smooth_linear", "apply_smoothing",
 ]

@@ -21,7 +21,7 @@ from .. import validate
 from .model import quantizer_input, weight_quantizers
 from .modules import ActFakeQuant, WeightFakeQuant
 
-__all__ = ["Int8Layer", "to_int8"]
+__all__ = ["Int8Layer", "to_int8", "dynamic_int8"]
 
 _DEPRECATION = r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor"
 
@@ -201,3 +201,45 @@ def to_int8(model: nn.Module, engine: str | None = None) -> nn.Module:
         if isinstance(model, nn.Sequential):
             return _convert_chain(model, quants)
         return _convert_layers(model, quants)
+
+
+def dynamic_int8(model: nn.Module, layers: L.Layers = None, per_channel: bool = False) -> nn.Module:
+    """A copy of ``model`` whose selected Linear layers run torch's dynamic int8 kernels.
+
+    Weights are stored in int8 (one scale per tensor, or per output channel); each call
+    quantizes the layer's input with a scale computed from that input, multiplies in integers
+    and returns float. No calibration is needed. On x86, torch's dynamic Linear quantizes the
+    input to 7 bits (``reduce_range=True``), leaving headroom for its 16-bit intermediate sums.
+
+    Parameters
+    ----------
+    model
+        Any module (left untouched).
+    layers
+        A selection of Linear layers (:func:`nncompress.layers.select`); all when None.
+    per_channel
+        One weight scale per output channel instead of per tensor.
+
+    Returns
+    -------
+    nn.Module
+        The quantized copy.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a bad model or selection.
+
+    References
+    ----------
+    jacob2018quantization, krishnamoorthi2018quantizing
+    """
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    validate.module(model)
+    chosen = L.select(model, layers, types=(nn.Linear,))
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao points users to torchao
+        warnings.filterwarnings("ignore", _DEPRECATION)
+        return quantize_dynamic(model, dict.fromkeys(chosen, qconfig), dtype=torch.qint8, inplace=False)

@@ -224,7 +224,7 @@ def activation_quantizers(model: nn.Module) -> dict[str, ActFakeQuant]:
 
 @torch.no_grad()
 def calibrate_(model: nn.Module, inputs: torch.Tensor, method: str = "minmax", percentile: float = 99.99,
-               batch_size: int = 1000) -> nn.Module:
+               batch_size: int = 1000, sequential: bool = True) -> nn.Module:
     """:func:`calibrate` in place.
 
     Parameters
@@ -243,36 +243,50 @@ def calibrate_(model: nn.Module, inputs: torch.Tensor, method: str = "minmax", p
         As :func:`calibrate`.
     """
     validate.module(model)
-    validate.tensor(inputs, "inputs")
+    batches = list(inputs) if isinstance(inputs, (list, tuple)) else None
+    for batch in batches if batches is not None else [inputs]:
+        validate.tensor(batch, "inputs")
+    if batches == []:
+        raise ValueError("inputs must hold at least one batch")
     validate.choice(method, "method", CALIBRATIONS)
     validate.number(percentile, "percentile", 50.0, 100.0, low_open=True)
     validate.integer(batch_size, "batch_size", 1)
     pending = [q for q in activation_quantizers(model).values() if not bool(q.enabled)]
-    for quant in pending:
-        predict(model, inputs, batch_size)
-        quant.set_range(*quant.observer.range(method, quant.range_bits, quant.signed, percentile))
+    for group in [[q] for q in pending] if sequential else [pending]:
+        if batches is None:
+            predict(model, inputs, batch_size)
+        else:
+            for batch in batches:
+                predict(model, batch, len(batch))
+        for quant in group:
+            quant.set_range(*quant.observer.range(method, quant.range_bits, quant.signed, percentile))
         for other in pending:
             other.observer.reset()
     return model
 
 
 def calibrate(model: nn.Module, inputs: torch.Tensor, method: str = "minmax", percentile: float = 99.99,
-              batch_size: int = 1000) -> nn.Module:
+              batch_size: int = 1000, sequential: bool = True) -> nn.Module:
     """A copy of ``model`` with every observing :class:`ActFakeQuant`'s range fixed on ``inputs``.
 
     Quantization points are calibrated one after another in module order, so each sees the
-    already-quantized output of the ones before it, as it will at inference.
+    already-quantized output of the ones before it, as it will at inference: one pass over
+    ``inputs`` per point. ``sequential=False`` calibrates them all in one pass, on the float
+    activations: much faster for a model with many points (a transformer has dozens).
 
     Parameters
     ----------
     model
         A model from :func:`apply_fake_quant`.
     inputs
-        Calibration inputs, a non-empty tensor (a batch of the model's inputs).
+        Calibration inputs: a non-empty tensor of the model's inputs, cut into batches of
+        ``batch_size``, or a list of batches (e.g. sentences grouped by length, without padding).
     method, percentile
         How ranges are chosen (see :func:`~.ranges.calibrated_range`).
     batch_size
         Inputs per forward pass, a positive int.
+    sequential
+        Calibrate the points one after another (True) or all at once (False).
 
     Returns
     -------
@@ -289,14 +303,14 @@ def calibrate(model: nn.Module, inputs: torch.Tensor, method: str = "minmax", pe
     krishnamoorthi2018quantizing, nagel2021white
     """
     validate.module(model)
-    return calibrate_(copy.deepcopy(model), inputs, method, percentile, batch_size)
+    return calibrate_(copy.deepcopy(model), inputs, method, percentile, batch_size, sequential)
 
 
 def post_training_quantize(model: nn.Module, inputs: torch.Tensor, weight_bits: int = 8,
                            activation_bits: int | None = 8, per_channel: bool = True, weight_method: str = "minmax",
                            activation_method: str = "minmax", percentile: float = 99.99,
-                           learn_scale: bool = False, layers=None, outputs=None, reduce_range: bool = False
-                           ) -> nn.Module:
+                           learn_scale: bool = False, layers=None, outputs=None, reduce_range: bool = False,
+                           sequential: bool = True) -> nn.Module:
     """:func:`apply_fake_quant`, then :func:`calibrate` on ``inputs``: post-training quantization.
 
     The result is also the starting point of quantization-aware training (train it with
@@ -311,6 +325,8 @@ def post_training_quantize(model: nn.Module, inputs: torch.Tensor, weight_bits: 
         Calibration inputs, as :func:`calibrate`.
     activation_method
         How activation ranges are chosen, as ``method`` of :func:`calibrate`.
+    sequential
+        As :func:`calibrate`.
 
     Returns
     -------
@@ -326,10 +342,11 @@ def post_training_quantize(model: nn.Module, inputs: torch.Tensor, weight_bits: 
     ----------
     jacob2018quantization, krishnamoorthi2018quantizing, nagel2021white
     """
-    validate.tensor(inputs, "inputs")
+    for batch in inputs if isinstance(inputs, (list, tuple)) else [inputs]:
+        validate.tensor(batch, "inputs")
     fq = apply_fake_quant(model, weight_bits, activation_bits, layers, per_channel, weight_method, percentile,
                           learn_scale, outputs, reduce_range)
-    return calibrate_(fq, inputs, activation_method, percentile) if activation_bits is not None else fq
+    return calibrate_(fq, inputs, activation_method, percentile, sequential=sequential) if activation_bits is not None else fq
 
 
 def weight_quantizers(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Module]]:

@@ -4,20 +4,24 @@
 - :mod:`.encoder`: :func:`load_minilm` (all-MiniLM-L6-v2, checked by sha256, as a
   :class:`SentenceEncoder`), :func:`tokenize`, :func:`tokenize_pairs`, :func:`encode` (in
   length-sorted batches) and :func:`sts_spearman`, the benchmark's metric;
+- :mod:`.deploy`: :func:`export_onnx`, :func:`quantize_onnx` and :class:`OnnxEncoder`, the
+  encoder deployed with ONNX Runtime;
 - :mod:`.harness`: :func:`flops_per_sentence` at the lengths of real sentences and
   :func:`profile_encoders`, the harness's profile of sentence encoders compared with each other.
 
 References: cer2017semeval, reimers2019sentence, wang2020minilm
 """
 
-from .encoder import (MINILM_MAX_LENGTH, MINILM_SHA256, SentenceEncoder, TokenizedPairs, encode, load_minilm,
-                      minilm_path, padded_tokens, spearman, sts_spearman, tokenize, tokenize_pairs)
+from .encoder import (MINILM_MAX_LENGTH, MINILM_SHA256, SentenceEncoder, TokenizedPairs, encode, length_batches,
+                      load_minilm, minilm_path, padded_tokens, spearman, sts_spearman, tokenize, tokenize_pairs)
+from .deploy import OnnxEncoder, export_onnx, quantize_onnx
 from .harness import flops_per_sentence, profile_encoders, timing_sentences
 from .stsb import STSB, STSB_FILES, STSB_MIRRORS, STSPairs, load_stsb, read_sts
 
 __all__ = [
     "STSB_FILES", "STSB_MIRRORS", "STSPairs", "STSB", "read_sts", "load_stsb",
     "MINILM_SHA256", "MINILM_MAX_LENGTH", "minilm_path", "SentenceEncoder", "load_minilm", "tokenize",
-    "TokenizedPairs", "tokenize_pairs", "encode", "padded_tokens", "spearman", "sts_spearman",
+    "TokenizedPairs", "tokenize_pairs", "encode", "length_batches", "padded_tokens", "spearman", "sts_spearman",
     "flops_per_sentence", "timing_sentences", "profile_encoders",
+    "export_onnx", "quantize_onnx", "OnnxEncoder",
 ]

@@ -32,7 +32,7 @@ from ..data import ChecksumError
 from .stsb import STSPairs
 
 __all__ = ["MINILM_SHA256", "MINILM_MAX_LENGTH", "minilm_path", "SentenceEncoder", "load_minilm", "tokenize",
-           "TokenizedPairs", "tokenize_pairs", "encode", "padded_tokens", "spearman", "sts_spearman"]
+           "TokenizedPairs", "tokenize_pairs", "encode", "length_batches", "padded_tokens", "spearman", "sts_spearman"]
 
 # sha256 of model.safetensors of sentence-transformers/all-MiniLM-L6-v2 (the official file).
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -314,6 +314,33 @@ def encode(encoder: nn.Module, ids: torch.Tensor, batch_size: int = 64, pad_id: 
     out = torch.empty_like(embeddings)
     out[order] = embeddings
     return out
+
+
+def length_batches(ids: torch.Tensor, batch_size: int = 64, pad_id: int = 0) -> list[torch.Tensor]:
+    """The sentences ``ids`` in batches of equal length, with no padding: calibration inputs.
+
+    One-shot methods summarize what each layer receives (:mod:`nncompress.calibration`); a
+    padding token is not a real input and must not enter those statistics. Sentences of the same
+    length go into the same batches (at most ``batch_size`` each), cut to that length.
+
+    Parameters
+    ----------
+    ids
+        int64 ``(sentences, length)``, right-padded.
+    batch_size
+        Sentences per batch at most (an int >= 1).
+    pad_id
+        The padding token's id.
+
+    Returns
+    -------
+    list of torch.Tensor
+        ``(b, n)`` batches without padding, shortest sentences first, covering every sentence once.
+    """
+    validate.tensor(ids, "ids", dim=2)
+    batch_size = validate.integer(batch_size, "batch_size", 1)
+    lengths = _lengths(ids, pad_id)
+    return [chunk for n in lengths.unique().tolist() for chunk in ids[lengths == n, :n].split(batch_size)]
 
 
 def padded_tokens(ids: torch.Tensor, batch_size: int = 64, pad_id: int = 0, sort: bool = True) -> int:

@@ -104,6 +104,7 @@ def profile_encoders(
     threads: int = 1,
     nbytes: Mapping[str, int] | None = None,
     scores: Mapping[str, float] | None = None,
+    counted_as: Mapping[str, nn.Module] | None = None,
     single: int = 64,
     min_run_time: float = 1.0,
     seed: int = 0,
@@ -131,7 +132,11 @@ def profile_encoders(
     nbytes
         Names mapped to a custom size in bytes (e.g. a file's), replacing the state_dict's.
     scores
-        Names mapped to an already measured Spearman, to skip re-encoding ``pairs``.
+        Names mapped to an already measured Spearman, to skip re-encoding ``pairs`` (names of
+        other encoders are ignored, so one mapping can serve several calls).
+    counted_as
+        Names mapped to a torch model whose parameters, non-zeros and FLOPs are counted instead:
+        for an encoder that runs outside torch (:class:`nncompress.text.OnnxEncoder`).
     single
         Sentences timed one at a time for batch 1.
     min_run_time
@@ -151,8 +156,8 @@ def profile_encoders(
     validate.mapping(encoders, "encoders")
     if not encoders:
         raise ValueError("encoders must hold at least one encoder")
-    nbytes, scores = dict(nbytes or {}), dict(scores or {})
-    for argument, given in (("nbytes", nbytes), ("scores", scores)):
+    nbytes, scores, counted_as = dict(nbytes or {}), dict(scores or {}), dict(counted_as or {})
+    for argument, given in (("nbytes", nbytes), ("counted_as", counted_as)):
         unknown = sorted(set(given) - set(encoders))
         if unknown:
             raise ValueError(f"{argument} names encoders that are not in encoders: {unknown}")
@@ -162,10 +167,11 @@ def profile_encoders(
     for name, encoder in encoders.items():
         validate.module(encoder, f"encoders[{name!r}]")
         pad_id = getattr(encoder, "pad_id", 0)
+        counted = validate.module(counted_as.get(name, encoder), f"counted_as[{name!r}]")
         profiles.append(Profile(
-            name=name, accuracy=None, params=count_params(encoder), nonzeros=count_nonzeros(encoder),
+            name=name, accuracy=None, params=count_params(counted), nonzeros=count_nonzeros(counted),
             bytes=nbytes[name] if name in nbytes else serialized_bytes(encoder),
-            flops=round(flops_per_sentence(encoder, pairs.ids, pad_id)), threads=threads,
+            flops=round(flops_per_sentence(counted, pairs.ids, pad_id)), threads=threads,
             bytes_source="custom" if name in nbytes else "state_dict",
             metric="spearman", score=scores[name] if name in scores else sts_spearman(encoder, pairs)))
     for b in batch_sizes:
