@@ -30,7 +30,8 @@ from torch import nn
 
 from . import validate
 
-__all__ = ["WEIGHTED", "Layers", "select", "select_values", "replace", "replace_", "capture_features", "Coupling"]
+__all__ = ["WEIGHTED", "Layers", "select", "select_values", "replace", "replace_", "capture_features", "Coupling",
+           "Heads"]
 
 WEIGHTED = (nn.Linear, nn.Conv2d)
 
@@ -48,7 +49,9 @@ class Coupling:
     producer
         The qualified name of the layer whose output channels are counted.
     consumers
-        The names of the layers that read them.
+        The names of the layers that read them; empty when what reads them is not a layer (an
+        attention block's query and key rows are read by the attention scores, which need no
+        change when whole heads go: see :class:`Heads`).
     repeat
         Consecutive consumer inputs per producer channel (>= 1).
 
@@ -75,11 +78,55 @@ class Coupling:
     def __post_init__(self):
         if not isinstance(self.producer, str) or not self.producer:
             raise TypeError(f"producer must be a layer name, got {self.producer!r}")
-        if isinstance(self.consumers, str) or not self.consumers or \
+        if isinstance(self.consumers, str) or not isinstance(self.consumers, (tuple, list)) or \
                 not all(isinstance(c, str) and c for c in self.consumers):
-            raise TypeError(f"consumers must be a non-empty tuple of layer names, got {self.consumers!r}")
+            raise TypeError(f"consumers must be a tuple of layer names, got {self.consumers!r}")
         object.__setattr__(self, "consumers", tuple(self.consumers))
         validate.integer(self.repeat, "repeat", 1)
+
+
+@dataclass(frozen=True)
+class Heads:
+    """Where one attention block's heads live: the rows of its projections and the columns that read them.
+
+    Parameters
+    ----------
+    query, key, value
+        Names of the Linear layers whose output rows ``h * size`` to ``(h + 1) * size - 1`` are
+        head ``h``'s.
+    output
+        The Linear layer that reads the heads' concatenated outputs (its input columns, in the
+        same order).
+    count
+        Heads in the block (>= 1).
+    size
+        Width of one head (>= 1).
+
+    Raises
+    ------
+    TypeError
+        If a name is not a non-empty str.
+    ValueError
+        If ``count`` or ``size`` < 1.
+    """
+
+    query: str
+    key: str
+    value: str
+    output: str
+    count: int
+    size: int
+
+    def __post_init__(self):
+        for field in ("query", "key", "value", "output"):
+            if not isinstance(getattr(self, field), str) or not getattr(self, field):
+                raise TypeError(f"{field} must be a layer name, got {getattr(self, field)!r}")
+        validate.integer(self.count, "count", 1)
+        validate.integer(self.size, "size", 1)
+
+    def couplings(self) -> list[Coupling]:
+        """The couplings that remove dead heads: query and key rows alone, value rows with the output's columns."""
+        return [Coupling(self.query, ()), Coupling(self.key, ()), Coupling(self.value, (self.output,))]
 
 
 def _keys(layers) -> list:

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from . import validate
-from .layers import Coupling
+from .layers import Coupling, Heads
 
 __all__ = ["MLP", "LeNet5", "lenet_300_100", "lenet5", "hinton_teacher", "hinton_student", "hinton_tiny",
-           "lenet5_thin", "MODELS", "build", "couplings", "as_sequential"]
+           "lenet5_thin", "MODELS", "build", "couplings", "as_sequential", "bert_layers", "bert_heads",
+           "bert_couplings"]
 
 
 class MLP(nn.Module):
@@ -341,3 +342,76 @@ def as_sequential(model: nn.Module) -> nn.Sequential:
     else:
         raise TypeError(f"model must be an MLP, LeNet5 or nn.Sequential, got {type(model).__name__}")
     return nn.Sequential(OrderedDict(layers)).train(model.training)
+
+
+def bert_layers(model: nn.Module) -> list[str]:
+    """The names of the transformer layers of a Hugging Face BERT, alone or inside a sentence encoder.
+
+    Parameters
+    ----------
+    model
+        A ``BertModel`` or a module holding one as ``transformer`` (:class:`nncompress.text.SentenceEncoder`).
+
+    Returns
+    -------
+    list of str
+        ``"[transformer.]encoder.layer.<i>"`` for every layer, in order.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` has no BERT encoder there.
+    """
+    prefix = "transformer." if hasattr(model, "transformer") else ""
+    bert = model.transformer if prefix else model
+    if not hasattr(bert, "encoder") or not hasattr(bert.encoder, "layer"):
+        raise TypeError(f"no BERT encoder (encoder.layer) in a {type(model).__name__}")
+    return [f"{prefix}encoder.layer.{i}" for i in range(len(bert.encoder.layer))]
+
+
+def bert_heads(model: nn.Module) -> list[Heads]:
+    """Where each layer's attention heads live in a Hugging Face BERT (see :class:`nncompress.layers.Heads`).
+
+    The head count of a layer is read from its query projection (rows / head size), so a model
+    whose heads were already removed is described as it is.
+
+    Parameters
+    ----------
+    model
+        As :func:`bert_layers`.
+
+    Returns
+    -------
+    list of Heads
+        One per layer.
+    """
+    modules = dict(model.named_modules())
+    out = []
+    for layer in bert_layers(model):
+        size = modules[f"{layer}.attention.self"].attention_head_size
+        query = f"{layer}.attention.self.query"
+        out.append(Heads(query, f"{layer}.attention.self.key", f"{layer}.attention.self.value",
+                         f"{layer}.attention.output.dense", modules[query].out_features // size, size))
+    return out
+
+
+def bert_couplings(model: nn.Module) -> list[Coupling]:
+    """The couplings of a Hugging Face BERT, for :func:`nncompress.pruning.remove_channels`.
+
+    In each layer the feed-forward block's first matrix feeds its second (the GELU between keeps
+    zero at zero), and the heads are coupled as :meth:`nncompress.layers.Heads.couplings` says.
+
+    Parameters
+    ----------
+    model
+        As :func:`bert_layers`.
+
+    Returns
+    -------
+    list of Coupling
+        In data-flow order.
+    """
+    out = []
+    for layer, heads in zip(bert_layers(model), bert_heads(model)):
+        out += heads.couplings() + [Coupling(f"{layer}.intermediate.dense", (f"{layer}.output.dense",))]
+    return out

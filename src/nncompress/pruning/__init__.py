@@ -22,19 +22,23 @@ Three layers, as everywhere in the package:
   :func:`gradual_vs_one_shot`;
 - one-shot pruning with calibration data and no training (:mod:`.oneshot`): :func:`wanda_mask`
   (Sun et al.), :func:`sparsegpt_prune` (Frantar and Alistarh), and :func:`nm_mask` for N:M
-  patterns such as 2:4.
+  patterns such as 2:4;
+- attention heads (:mod:`.heads`): :func:`head_importance` (Michel et al.), :func:`head_masks`
+  and :func:`remove_heads`, for any model whose heads are declared
+  (:class:`nncompress.layers.Heads`).
 
 Sparsity is always the fraction of weights *removed*. Pruned checkpoints of the book's models
 are kept by :mod:`nncompress.store`.
 
 References: han2015learning, zhu2017prune, li2017pruning, frankle2019lottery, frankle2019stabilizing,
-sun2024simple, frantar2023sparsegpt
+sun2024simple, frantar2023sparsegpt, michel2019sixteen
 """
 
 from .channels import prune_channels, prune_channels_, remove_channels
 from .criteria import channel_norms, global_magnitude_masks, ln_structured_mask, magnitude_mask, polynomial_sparsity
 from .masks import (Mask, apply_masks, apply_masks_, layer_sparsity, load_pruned, masks_of, prune_magnitude,
                     prune_magnitude_, rewind, rewind_)
+from .heads import head_importance, head_masks, remove_heads
 from .oneshot import nm_mask, sparsegpt_prune, wanda_mask
 from .procedures import gradual_pruning, gradual_vs_one_shot, iterative_prune_, lottery_ticket, sparsity_sweep
 from .sparse import SparseLinear, to_sparse
@@ -47,4 +51,5 @@ __all__ = [
     "SparseLinear", "to_sparse",
     "iterative_prune_", "gradual_pruning", "sparsity_sweep", "gradual_vs_one_shot", "lottery_ticket",
     "nm_mask", "wanda_mask", "sparsegpt_prune",
+    "head_importance", "head_masks", "remove_heads",
 ]
