@@ -86,3 +86,22 @@ def test_ffn_neurons_are_removed_through_the_declared_couplings():
     assert torch.allclose(smaller(ids), masked(ids), atol=1e-5)
     assert dict(smaller.named_modules())[f"{layer}.output.dense"].in_features == 44
     assert L.Coupling("a", ()).consumers == ()
+
+
+def test_keeping_layers_runs_only_those_layers():
+    encoder = tiny_encoder(layers=3)
+    ids = random_ids(4, 8, seed=5)
+    shallow = nc.models.bert_keep_layers(encoder, [0, 2])
+    assert len(nc.models.bert_layers(shallow)) == 2 and len(nc.models.bert_layers(encoder)) == 3
+    class Skip(torch.nn.Module):  # a layer that passes its input through
+        def forward(self, hidden_states, *args, **kwargs):
+            return hidden_states
+
+    skipped = nc.layers.replace(encoder, {"transformer.encoder.layer.1": Skip()})
+    with torch.no_grad():
+        expected = skipped(ids)
+    assert torch.allclose(shallow(ids), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="distinct"):
+        nc.models.bert_keep_layers(encoder, [1, 1])
+    with pytest.raises(ValueError, match="keep"):
+        nc.models.bert_keep_layers(encoder, [3])

@@ -25,7 +25,7 @@ from .layers import Coupling, Heads
 
 __all__ = ["MLP", "LeNet5", "lenet_300_100", "lenet5", "hinton_teacher", "hinton_student", "hinton_tiny",
            "lenet5_thin", "MODELS", "build", "couplings", "as_sequential", "bert_layers", "bert_heads",
-           "bert_couplings"]
+           "bert_couplings", "bert_keep_layers"]
 
 
 class MLP(nn.Module):
@@ -414,4 +414,39 @@ def bert_couplings(model: nn.Module) -> list[Coupling]:
     out = []
     for layer, heads in zip(bert_layers(model), bert_heads(model)):
         out += heads.couplings() + [Coupling(f"{layer}.intermediate.dense", (f"{layer}.output.dense",))]
+    return out
+
+
+def bert_keep_layers(model: nn.Module, keep) -> nn.Module:
+    """A copy of a Hugging Face BERT (or a sentence encoder holding one) with only the layers ``keep``.
+
+    Parameters
+    ----------
+    model
+        As :func:`bert_layers` (left untouched).
+    keep
+        Indices of the layers to keep, in the order they will run (at least one).
+
+    Returns
+    -------
+    nn.Module
+        The shallower copy; its config's ``num_hidden_layers`` is updated.
+
+    Raises
+    ------
+    ValueError
+        For an empty ``keep``, a repeated index or one out of range.
+
+    References
+    ----------
+    sajjad2023effect
+    """
+    depth = len(bert_layers(model))
+    keep = [validate.integer(i, "keep", 0, depth - 1) for i in keep]
+    if not keep or len(set(keep)) != len(keep):
+        raise ValueError(f"keep must list distinct layer indices in [0, {depth - 1}], got {keep}")
+    out = copy.deepcopy(model)
+    bert = out.transformer if hasattr(out, "transformer") else out
+    bert.encoder.layer = nn.ModuleList([bert.encoder.layer[i] for i in keep])
+    bert.config.num_hidden_layers = len(keep)
     return out
