@@ -204,3 +204,58 @@ def test_data_aware_low_rank_reaches_the_eckart_young_bound_of_w_x():
     assert output_error(weight, a @ b, x) == pytest.approx(best, rel=1e-6)
     svd = lowrank.svd_factors(weight, 4)
     assert output_error(weight, svd[0] @ svd[1], x) > 1.1 * best
+
+
+# --- whole models ------------------------------------------------------------------------------
+
+def mlp_and_batches(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 16))
+    x = correlated_inputs(256, 32, seed)
+    return model, [x[:128], x[128:]], x
+
+
+def test_prune_oneshot_reaches_the_sparsity_with_every_method():
+    from nncompress.pruning import layer_sparsity, prune_oneshot
+
+    model, batches, x = mlp_and_batches()
+    errors = {}
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        pruned = prune_oneshot(model, batches, method, 0.5)
+        assert all(abs(s - 0.5) < 1e-6 for s in layer_sparsity(pruned).values())
+        with torch.no_grad():
+            errors[method] = float((pruned(x) - model(x)).norm())
+    assert errors["sparsegpt"] < errors["magnitude"]
+    two_four = prune_oneshot(model, batches, "wanda", n=2, m=4)
+    assert (two_four[0].weight.detach().reshape(48, -1, 4).ne(0).sum(2) <= 2).all()
+    with pytest.raises(ValueError, match="method"):
+        prune_oneshot(model, batches, "random")
+
+
+def test_sequential_groups_see_the_inputs_of_the_compressed_model():
+    from nncompress.pruning import prune_oneshot
+
+    model, batches, x = mlp_and_batches(1)
+    sequential = prune_oneshot(model, batches, "sparsegpt", 0.5, groups=[["0"], ["2"]])
+    first, _ = sparsegpt_prune(model[0].weight, calibration.input_statistics(model, batches)["0"].gram, 0.5)
+    by_hand = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 16))
+    by_hand.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        by_hand[0].weight.copy_(first)
+    second, _ = sparsegpt_prune(model[2].weight, calibration.input_statistics(by_hand, batches)["2"].gram, 0.5)
+    assert torch.allclose(sequential[2].weight, second, atol=1e-6)
+    with pytest.raises(ValueError, match="exactly once"):
+        calibration.layerwise_(model, batches, None, lambda *a: None, groups=[["0"]])
+
+
+def test_quantize_weights_applies_rtn_or_gptq_to_each_layer():
+    from nncompress.quantization import quantize_weights
+
+    model, batches, x = mlp_and_batches(2)
+    rtn = quantize_weights(model, None, 4, 16, "rtn")
+    assert torch.equal(rtn[0].weight, rtn_quantize(model[0].weight, 4, 16))
+    gptq = quantize_weights(model, batches, 4, 16, "gptq")
+    stats = calibration.input_statistics(model, batches)
+    assert torch.allclose(gptq[2].weight, gptq_quantize(model[2].weight, stats["2"].gram, 4, 16), atol=1e-6)
+    with torch.no_grad():
+        assert float((gptq(x) - model(x)).norm()) < float((rtn(x) - model(x)).norm())

@@ -18,7 +18,7 @@ References: frantar2023optq, frantar2023sparsegpt, sun2024simple, xiao2023smooth
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 from . import layers as L
 from . import validate
 
-__all__ = ["InputStats", "input_statistics", "inverse_hessian_factor"]
+__all__ = ["InputStats", "input_statistics", "inverse_hessian_factor", "layerwise_"]
 
 
 @dataclass
@@ -155,3 +155,54 @@ def inverse_hessian_factor(gram: torch.Tensor, damp: float = 0.01) -> tuple[torc
     h.diagonal().add_(damp * h.diagonal().mean())
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
     return torch.linalg.cholesky(inverse, upper=True), dead
+
+
+def layerwise_(model: nn.Module, batches: Sequence, layers: L.Layers,
+               transform: Callable[[str, nn.Linear, InputStats], None],
+               groups: Sequence[Sequence[str]] | None = None) -> nn.Module:
+    """Call ``transform(name, layer, stats)`` on each selected Linear layer with its input statistics, in place.
+
+    The loop that walks a model for the one-shot methods, which each change one layer from what
+    it receives. With ``groups=None`` the statistics of every layer come from one pass over the
+    float model. With groups (for example the layers of each transformer block, in order), the
+    groups are transformed one after another and each group's statistics are gathered on the
+    model as transformed so far, so that a layer sees the inputs it will receive after
+    compression, as GPTQ and SparseGPT do.
+
+    Parameters
+    ----------
+    model
+        The model to change (in place).
+    batches
+        Calibration inputs, one forward pass each (a sequence, read once per group).
+    layers
+        A selection of Linear layers.
+    transform
+        Changes one layer in place, given its name, the layer and its :class:`InputStats`.
+    groups
+        Layer names, in groups processed in order; every selected layer must be in one group.
+
+    Returns
+    -------
+    nn.Module
+        ``model``.
+
+    Raises
+    ------
+    ValueError
+        If ``groups`` does not cover the selected layers exactly once.
+    """
+    validate.module(model)
+    chosen = L.select(model, layers, types=(nn.Linear,))
+    if groups is None:
+        order = [list(chosen)]
+    else:
+        order = [list(g) for g in groups]
+        flat = [name for g in order for name in g]
+        if sorted(flat) != sorted(chosen):
+            raise ValueError("groups must list every selected layer exactly once")
+    for group in order:
+        stats = input_statistics(model, batches, group)
+        for name in group:
+            transform(name, chosen[name], stats[name])
+    return model

@@ -21,12 +21,20 @@ References: sun2024simple, frantar2023sparsegpt, mishra2021accelerating, hassibi
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
+
 import torch
+from torch import nn
 
+from .. import layers as L
 from .. import validate
-from ..calibration import inverse_hessian_factor
+from ..calibration import inverse_hessian_factor, layerwise_
+from .masks import apply_masks_, key
 
-__all__ = ["nm_mask", "wanda_mask", "sparsegpt_prune"]
+__all__ = ["nm_mask", "wanda_mask", "sparsegpt_prune", "ONESHOT_METHODS", "prune_oneshot"]
+
+ONESHOT_METHODS = ("magnitude", "wanda", "sparsegpt")
 
 
 def _check_pattern(sparsity, n, m, columns: int) -> tuple[float, int | None, int | None]:
@@ -202,3 +210,56 @@ def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, sparsity: float = 
         w[:, start:end] = block
         w[:, end:] -= errors @ u[start:end, end:]
     return w.float(), keep
+
+
+def prune_oneshot(model: nn.Module, batches: Sequence, method: str = "wanda", sparsity: float = 0.5,
+                  n: int | None = None, m: int | None = None, layers: L.Layers = None,
+                  groups: Sequence[Sequence[str]] | None = None) -> nn.Module:
+    """A copy of ``model`` pruned one shot, layer by layer, from calibration inputs.
+
+    ``"magnitude"`` removes the smallest weights of each output row (no data needed);
+    ``"wanda"`` uses :func:`wanda_mask`; ``"sparsegpt"`` uses :func:`sparsegpt_prune`, which also
+    updates the kept weights. Each layer gets a mask (:class:`nncompress.pruning.Mask`), so the
+    pruned weights stay zero; the walk is :func:`nncompress.calibration.layerwise_`.
+
+    Parameters
+    ----------
+    model
+        Any module (left untouched).
+    batches
+        Calibration inputs, one forward pass each.
+    method
+        One of :data:`ONESHOT_METHODS`.
+    sparsity
+        Fraction removed from each layer (per output row for magnitude and Wanda).
+    n, m
+        N:M sparsity instead.
+    layers
+        A selection of Linear layers; all of them when None.
+    groups
+        Sequential processing, as :func:`nncompress.calibration.layerwise_`.
+
+    Returns
+    -------
+    nn.Module
+        The pruned copy.
+
+    References
+    ----------
+    sun2024simple, frantar2023sparsegpt, han2015learning
+    """
+    validate.choice(method, "method", ONESHOT_METHODS)
+    out = copy.deepcopy(model)
+
+    def transform(name: str, layer: nn.Linear, stats) -> None:
+        weight = layer.weight.detach()
+        if method == "sparsegpt":
+            new, keep = sparsegpt_prune(weight, stats.gram, sparsity, n, m)
+            with torch.no_grad():
+                layer.weight.copy_(new)
+        else:
+            norms = stats.norms if method == "wanda" else torch.ones(weight.shape[1])
+            keep = wanda_mask(weight, norms, sparsity, n, m)
+        apply_masks_(out, {key(name, "weight"): keep.float()})
+
+    return layerwise_(out, batches, layers, transform, groups)

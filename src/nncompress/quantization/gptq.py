@@ -21,13 +21,20 @@ References: frantar2023optq, frantar2022optimal, hassibi1993second
 
 from __future__ import annotations
 
-import torch
+import copy
+from collections.abc import Sequence
 
+import torch
+from torch import nn
+
+from .. import layers as L
 from .. import validate
-from ..calibration import inverse_hessian_factor
+from ..calibration import inverse_hessian_factor, layerwise_
 from .affine import fake_quantize, qparams
 
-__all__ = ["group_qparams", "rtn_quantize", "gptq_quantize"]
+__all__ = ["group_qparams", "rtn_quantize", "gptq_quantize", "WEIGHT_METHODS", "quantize_weights"]
+
+WEIGHT_METHODS = ("rtn", "gptq")
 
 
 def _check(weight, bits, group_size) -> tuple[torch.Tensor, int, int]:
@@ -171,3 +178,50 @@ def gptq_quantize(weight: torch.Tensor, gram: torch.Tensor, bits: int = 4, group
             errors[:, i] = error
         w[:, end:] -= errors @ u[start:end, end:]
     return q.float()
+
+
+def quantize_weights(model: nn.Module, batches: Sequence | None, bits: int = 4, group_size: int | None = None,
+                     method: str = "gptq", symmetric: bool = False, layers: L.Layers = None,
+                     groups: Sequence[Sequence[str]] | None = None) -> nn.Module:
+    """A copy of ``model`` whose selected Linear weights are quantized, weight-only, one shot.
+
+    Each weight is replaced by its dequantized value (float32 on the grid of ``bits`` levels),
+    so the copy runs with the float kernels and computes what a weight-only kernel would.
+
+    Parameters
+    ----------
+    model
+        Any module (left untouched).
+    batches
+        Calibration inputs for GPTQ, one forward pass each; ignored (may be None) for RTN.
+    bits, group_size, symmetric
+        The grid, as in :func:`rtn_quantize`.
+    method
+        ``"rtn"`` (:func:`rtn_quantize`) or ``"gptq"`` (:func:`gptq_quantize`).
+    layers
+        A selection of Linear layers; all when None.
+    groups
+        Sequential processing for GPTQ, as :func:`nncompress.calibration.layerwise_`.
+
+    Returns
+    -------
+    nn.Module
+        The quantized copy.
+
+    References
+    ----------
+    frantar2023optq
+    """
+    validate.choice(method, "method", WEIGHT_METHODS)
+    out = copy.deepcopy(model)
+    if method == "rtn":
+        for layer in L.select(out, layers, types=(nn.Linear,)).values():
+            with torch.no_grad():
+                layer.weight.copy_(rtn_quantize(layer.weight, bits, group_size, symmetric))
+        return out
+
+    def transform(name: str, layer: nn.Linear, stats) -> None:
+        with torch.no_grad():
+            layer.weight.copy_(gptq_quantize(layer.weight, stats.gram, bits, group_size, symmetric))
+
+    return layerwise_(out, batches, layers, transform, groups)
