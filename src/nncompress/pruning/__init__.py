@@ -23,7 +23,8 @@ Three layers, as everywhere in the package:
 - one-shot pruning with calibration data and no training (:mod:`.oneshot`): :func:`wanda_mask`
   (Sun et al.), :func:`sparsegpt_prune` (Frantar and Alistarh), and :func:`nm_mask` for N:M
   patterns such as 2:4, applied to a whole model by :func:`prune_oneshot`;
-- attention heads (:mod:`.heads`): :func:`head_importance` (Michel et al.), :func:`head_masks`
+- attention heads and neurons (:mod:`.heads`): :func:`gate_importance`, :func:`head_importance`
+  (Michel et al.), :func:`head_masks`
   and :func:`remove_heads`, for any model whose heads are declared
   (:class:`nncompress.layers.Heads`).
 
@@ -38,7 +39,7 @@ from .channels import prune_channels, prune_channels_, remove_channels
 from .criteria import channel_norms, global_magnitude_masks, ln_structured_mask, magnitude_mask, polynomial_sparsity
 from .masks import (Mask, apply_masks, apply_masks_, layer_sparsity, load_pruned, masks_of, prune_magnitude,
                     prune_magnitude_, rewind, rewind_)
-from .heads import head_importance, head_masks, remove_heads
+from .heads import gate_importance, head_importance, head_masks, remove_heads
 from .oneshot import ONESHOT_METHODS, nm_mask, prune_oneshot, sparsegpt_prune, wanda_mask
 from .procedures import gradual_pruning, gradual_vs_one_shot, iterative_prune_, lottery_ticket, sparsity_sweep
 from .sparse import SparseLinear, to_sparse
@@ -51,5 +52,5 @@ __all__ = [
     "SparseLinear", "to_sparse",
     "iterative_prune_", "gradual_pruning", "sparsity_sweep", "gradual_vs_one_shot", "lottery_ticket",
     "nm_mask", "wanda_mask", "sparsegpt_prune", "ONESHOT_METHODS", "prune_oneshot",
-    "head_importance", "head_masks", "remove_heads",
+    "gate_importance", "head_importance", "head_masks", "remove_heads",
 ]

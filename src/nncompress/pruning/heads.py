@@ -10,7 +10,7 @@ head, through :func:`nncompress.pruning.remove_channels` and the couplings that
 :class:`nncompress.layers.Heads` declares. Where the heads are is architecture data
 (:func:`nncompress.models.bert_heads`), never found by inspecting the model.
 
-References: michel2019sixteen, voita2019analyzing
+References: michel2019sixteen, voita2019analyzing, molchanov2017pruning
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .. import validate
 from .channels import remove_channels
 from .masks import apply_masks_, key
 
-__all__ = ["head_importance", "head_masks", "remove_heads"]
+__all__ = ["gate_importance", "head_importance", "head_masks", "remove_heads"]
 
 
 def _check_heads(model: nn.Module, heads) -> dict[str, nn.Module]:
@@ -40,6 +40,81 @@ def _check_heads(model: nn.Module, heads) -> dict[str, nn.Module]:
         if modules[h.query].out_features != h.count * h.size or modules[h.output].in_features != h.count * h.size:
             raise ValueError(f"{h.query!r}: {h.count} heads of size {h.size} do not match the layers' shapes")
     return modules
+
+
+def gate_importance(model: nn.Module, gates: Mapping[str, int], loss: Callable[[nn.Module, object], torch.Tensor],
+                    batches: Iterable) -> dict[str, torch.Tensor]:
+    """The mean ``|dL / d gate|`` of gates on groups of input columns of Linear layers.
+
+    A gate ``xi_g = 1`` multiplies each group of ``size`` consecutive input columns of a layer
+    (a head's outputs for an attention block's output projection; one neuron for a feed-forward
+    block's second matrix). Its gradient is the first-order change of the loss if the group were
+    switched off, the importance of Michel et al. for heads and Molchanov et al.'s Taylor
+    criterion for neurons.
+
+    Parameters
+    ----------
+    model
+        Any module (its weights and their gradients are left as they were).
+    gates
+        Linear layer name mapped to the group size (which must divide its input columns).
+    loss
+        ``loss(model, batch)``: a scalar loss on one batch.
+    batches
+        The data, one batch at a time (at least one).
+
+    Returns
+    -------
+    dict
+        Layer name mapped to float64 ``(groups,)`` scores.
+
+    Raises
+    ------
+    ValueError
+        For a layer that is not a Linear of the model, a size that does not divide its inputs, or
+        no data.
+
+    References
+    ----------
+    michel2019sixteen, molchanov2017pruning
+    """
+    validate.module(model)
+    validate.mapping(gates, "gates")
+    modules = dict(model.named_modules())
+    values = {}
+    for name, size in gates.items():
+        if not isinstance(modules.get(name), nn.Linear):
+            raise ValueError(f"gates name {name!r}, which is not a Linear layer of the model")
+        size = validate.integer(size, f"gates[{name!r}]", 1)
+        if modules[name].in_features % size:
+            raise ValueError(f"gates[{name!r}] = {size} does not divide its {modules[name].in_features} inputs")
+        values[name] = torch.ones(modules[name].in_features // size, requires_grad=True)
+
+    def hook(name: str):
+        size = gates[name]
+        return lambda module, args: (args[0] * values[name].repeat_interleave(size).to(args[0].dtype),) + tuple(args[1:])
+
+    handles = [modules[name].register_forward_pre_hook(hook(name)) for name in gates]
+    total = {name: torch.zeros(len(v), dtype=torch.float64) for name, v in values.items()}
+    saved = {name: p.grad for name, p in model.named_parameters()}
+    training, count = model.training, 0
+    model.eval()
+    try:
+        for batch in batches:
+            grads = torch.autograd.grad(loss(model, batch), list(values.values()), allow_unused=True)
+            for name, g in zip(values, grads):
+                if g is not None:
+                    total[name] += g.detach().abs().double()
+            count += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+        for name, p in model.named_parameters():
+            p.grad = saved[name]
+    if count == 0:
+        raise ValueError("batches must hold at least one batch")
+    return {name: t / count for name, t in total.items()}
 
 
 def head_importance(model: nn.Module, heads: Sequence[L.Heads], loss: Callable[[nn.Module, object], torch.Tensor],
@@ -74,43 +149,12 @@ def head_importance(model: nn.Module, heads: Sequence[L.Heads], loss: Callable[[
     ----------
     michel2019sixteen
     """
-    validate.module(model)
-    modules = _check_heads(model, heads)
-    gates = [torch.ones(h.count, dtype=torch.float32, requires_grad=True) for h in heads]
-
-    def gate(h: L.Heads, g: torch.Tensor):
-        def hook(module, args):
-            x = args[0]
-            return (x * g.repeat_interleave(h.size).to(x.dtype),) + tuple(args[1:])
-        return hook
-
-    handles = [modules[h.output].register_forward_pre_hook(gate(h, g)) for h, g in zip(heads, gates)]
-    total = [torch.zeros(h.count, dtype=torch.float64) for h in heads]
-    saved = {name: p.grad for name, p in model.named_parameters()}
-    training, count = model.training, 0
-    model.eval()
-    try:
-        for batch in batches:
-            value = loss(model, batch)
-            grads = torch.autograd.grad(value, gates, allow_unused=True)
-            for t, g in zip(total, grads):
-                if g is not None:
-                    t += g.detach().abs().double()
-            count += 1
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(training)
-        for name, p in model.named_parameters():
-            p.grad = saved[name]
-    if count == 0:
-        raise ValueError("batches must hold at least one batch")
-    scores = [t / count for t in total]
-    if normalize:
-        scores = [s / s.norm().clamp(min=1e-20) for s in scores]
+    _check_heads(model, heads)
+    scores = gate_importance(model, {h.output: h.size for h in heads}, loss, batches)
     out = torch.full((len(heads), max(h.count for h in heads)), float("nan"), dtype=torch.float64)
-    for i, s in enumerate(scores):
-        out[i, :len(s)] = s
+    for i, h in enumerate(heads):
+        s = scores[h.output]
+        out[i, :len(s)] = s / s.norm().clamp(min=1e-20) if normalize else s
     return out
 
 
