@@ -226,6 +226,17 @@ def test_pareto_front_keeps_exactly_the_non_dominated():
         measure.pareto_front([measure.Profile("x", None, 1, 1, 1, 1)])
 
 
+def test_pareto_front_of_scores_keeps_the_highest_scores():
+    def prof(name, score, nbytes):
+        return measure.Profile(name, None, 10, 10, nbytes, 100, metric="spearman", score=score)
+
+    ps = [prof("float", 82.0, 90), prof("int8", 81.7, 23), prof("worse", 80.0, 50), prof("tiny", 70.0, 5)]
+    assert [p.name for p in measure.pareto_front(ps, "bytes")] == ["tiny", "int8", "float"]
+    assert ps[0].shortfall == -82.0 and measure.Profile("a", 0.9, 1, 1, 1, 1).shortfall == pytest.approx(0.1)
+    with pytest.raises(TypeError, match="each with a score"):  # accuracies and scores do not mix
+        measure.pareto_front([ps[0], measure.Profile("a", 0.9, 1, 1, 1, 1)])
+
+
 class Tagged(nn.Module):
     """An identity that writes its name into a shared log on every call."""
 

@@ -52,6 +52,32 @@ def reference_obs(weight, gram, fix_column, damp=0.01):
 
 # --- calibration statistics -------------------------------------------------------------------
 
+def test_input_statistics_stop_a_pass_once_the_chosen_layers_have_run():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    ran = []
+    model[2].register_forward_hook(lambda *a: ran.append(1))
+    x = torch.randn(30, 6)
+    stats = calibration.input_statistics(model, [x[:10], x[10:20], x[20:]], ["0"])
+    assert torch.allclose(stats["0"].gram, x.double().T @ x.double()) and stats["0"].rows == 30
+    assert len(ran) == 1  # only the first pass ran to the end
+
+    class Twice(nn.Module):  # one layer called twice per pass: every pass must run in full
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.b(self.a(self.a(x)))
+
+    twice = Twice()
+    x = torch.randn(20, 4)
+    stats = calibration.input_statistics(twice, [x[:10], x[10:]], ["a"])
+    with torch.no_grad():
+        inputs = torch.cat([x, twice.a(x)])
+    assert torch.allclose(stats["a"].gram, inputs.double().T @ inputs.double(), rtol=1e-5) and stats["a"].rows == 40
+
+
 def test_input_statistics_sum_over_batches():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
@@ -259,3 +285,54 @@ def test_quantize_weights_applies_rtn_or_gptq_to_each_layer():
     assert torch.allclose(gptq[2].weight, gptq_quantize(model[2].weight, stats["2"].gram, 4, 16), atol=1e-6)
     with torch.no_grad():
         assert float((gptq(x) - model(x)).norm()) < float((rtn(x) - model(x)).norm())
+
+
+# --- the stored form of weight-only quantization ----------------------------------------------
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+@pytest.mark.parametrize("bits, group_size, symmetric", [(4, 16, False), (3, None, False), (8, 32, True)])
+def test_weight_only_state_stores_the_weights_exactly(method, bits, group_size, symmetric):
+    from nncompress.quantization import quantize_weights, weight_only_bytes, weight_only_state, weight_only_weights
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    batches = [correlated_inputs(rows=128, seed=s) for s in range(2)]
+    q = quantize_weights(model, batches, bits, group_size, method, symmetric, layers=["0"])
+    state = weight_only_state(q)
+    assert "0.weight" not in state and torch.equal(state["2.weight"], model[2].weight)  # layer 2 left in float
+    assert state["0.codes"].dtype == torch.uint8 and state["0.codes"].numel() == (64 * 32 * bits + 7) // 8
+    assert state["0.scale"].shape == (32, 64 // (group_size or 64))
+    assert torch.equal(weight_only_weights(state)["0.weight"], q[0].weight)  # bit-exact round trip
+    assert weight_only_bytes(q) < 0.2 * sum(p.numel() for p in model.parameters()) * 4 + 8000
+
+
+def test_rtn_quantizes_an_embedding_table_row_by_row():
+    from nncompress.quantization import quantize_weights, weight_only_state, weight_only_weights
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 12), nn.Linear(12, 3))
+    q = quantize_weights(model, None, 4, None, "rtn", layers=["0"])
+    assert all(len(row.unique()) <= 16 for row in q[0].weight)  # one 4-bit grid per token
+    assert torch.equal(q[0].weight, rtn_quantize(model[0].weight, 4))
+    assert torch.equal(weight_only_weights(weight_only_state(q))["0.weight"], q[0].weight)
+    assert torch.equal(quantize_weights(model, None, 4, None, "rtn")[0].weight, model[0].weight)  # Linear only by default
+    with pytest.raises(TypeError):  # GPTQ needs a Linear layer's inputs
+        from nncompress.quantization import quantize_weights as qw
+        qw(model, [torch.zeros(2, 5, dtype=torch.long)], 4, None, "gptq", layers=["0"])
+
+
+def test_weight_only_state_rejects_what_it_cannot_store():
+    from nncompress.quantization import weight_only_state, weight_only_weights
+    with pytest.raises(ValueError, match="quantize_weights first"):
+        weight_only_state(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="no weight-only"):
+        weight_only_weights({"weight": torch.zeros(2)})
+    with pytest.raises(ValueError, match="lacks"):
+        weight_only_weights({"0.codes": torch.zeros(2, dtype=torch.uint8)})
+
+
+def test_one_thread_restores_the_thread_count_even_after_an_error():
+    threads = torch.get_num_threads()
+    with pytest.raises(RuntimeError):
+        with calibration.one_thread():
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == threads

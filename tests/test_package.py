@@ -76,4 +76,9 @@ def test_pareto_plot_draws_points_and_front():
     assert list(ax.get_lines()[0].get_xdata()) == [1.0]  # a is fastest and most accurate: it dominates
     with pytest.raises(ValueError, match="axis"):
         plotting.pareto_plot(profiles, cost="energy", ax=ax)
+    ax.clear()
+    scored = [Profile(n, None, 1, 1, b, 1, metric="spearman", score=s) for n, s, b in (("f", 82, 90), ("q", 81, 20), ("w", 79, 50))]
+    plotting.pareto_plot(scored, cost="bytes", ax=ax)
+    assert list(ax.get_lines()[0].get_xdata()) == [20.0, 90.0] and ax.get_ylabel() == "spearman"
+    assert sorted(ax.collections[0].get_offsets()[:, 1].tolist()) == [79, 81, 82]  # the scores themselves on the y axis
     plt.close(fig)

@@ -425,6 +425,14 @@ def test_sparse_linear_matches_the_dense_layer(sparsity):
         pruning.SparseLinear.from_dense(nn.Conv2d(1, 1, 3))
 
 
+def test_sparse_linear_takes_a_transformers_token_batches():
+    layer = pruning.prune_magnitude(nn.Linear(16, 8), 0.7).eval()
+    sparse = pruning.to_sparse(layer)
+    x = torch.randn(3, 5, 16, generator=gen())  # (batch, tokens, features)
+    torch.testing.assert_close(sparse(x), layer(x), rtol=1e-5, atol=1e-5)
+    assert measure.count_flops(sparse, inputs=x[:1]) == 2 * 5 * int(torch.count_nonzero(layer.weight))
+
+
 # ---------------------------------------------------------------------------------------------
 # experiments: sparsity_sweep and gradual_vs_one_shot
 

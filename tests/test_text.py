@@ -205,6 +205,9 @@ def test_sts_spearman_is_100_for_an_encoder_that_knows_the_scores():
     assert text.sts_spearman(Oracle(), pairs) == pytest.approx(100.0)
     flipped = text.TokenizedPairs(pairs.ids, pairs.first, pairs.second, -pairs.scores)
     assert text.sts_spearman(Oracle(), flipped) == pytest.approx(-100.0)
+    assert torch.allclose(text.similarities(Oracle(), pairs), (angles[1:] - angles[0]).cos())  # cos of the angle between
+    with pytest.raises(TypeError, match="TokenizedPairs"):
+        text.similarities(Oracle(), ids)
 
 
 # --- the harness ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ References: frantar2023optq, frantar2023sparsegpt, sun2024simple, xiao2023smooth
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -54,8 +55,31 @@ class InputStats:
         return self.gram.diagonal().clamp(min=0).sqrt().float()
 
 
+@contextmanager
+def one_thread():
+    """Run the enclosed torch operations on one thread, then restore the thread count.
+
+    The column loops of GPTQ and SparseGPT run thousands of small operations; with several
+    threads each pays a synchronization, and on a busy machine a thread that waits for a core
+    makes every one of them slow. Elementwise results do not depend on the thread count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _Done(Exception):
+    """Raised by a hook to end a calibration pass once every selected layer has seen its input."""
+
+
 def input_statistics(model: nn.Module, batches: Iterable, layers: L.Layers = None) -> dict[str, InputStats]:
     """Gram matrix, feature norms and feature maxima of what each selected Linear layer receives.
+
+    When every selected layer runs exactly once in the first pass, later passes stop as soon as
+    the last of them has seen its input: the rest of the model would change nothing recorded.
 
     Parameters
     ----------
@@ -84,12 +108,14 @@ def input_statistics(model: nn.Module, batches: Iterable, layers: L.Layers = Non
     stats: dict[str, InputStats] = {}
     training = model.training
     model.eval()
+    calls: dict[str, int] = {}
+    early = {"stop": False}  # set after a first full pass in which every chosen layer ran exactly once
 
     def hook(name: str, features: int):
         def record(module, inputs, output):
-            x = inputs[0].detach().reshape(-1, features)
-            gram = (x.T.double() @ x.double())
-            absmax = x.abs().amax(0).float()
+            x = inputs[0].detach().reshape(-1, features).float()
+            gram = (x.T @ x).double()  # one batch in float32, accumulated over batches in float64
+            absmax = x.abs().amax(0)
             if name in stats:
                 s = stats[name]
                 s.gram += gram
@@ -97,6 +123,9 @@ def input_statistics(model: nn.Module, batches: Iterable, layers: L.Layers = Non
                 s.rows += len(x)
             else:
                 stats[name] = InputStats(gram, absmax, len(x))
+            calls[name] = calls.get(name, 0) + 1
+            if early["stop"] and len(calls) == len(chosen):
+                raise _Done  # the rest of the forward pass feeds no chosen layer
         return record
 
     handles = [layer.register_forward_hook(hook(name, layer.in_features)) for name, layer in chosen.items()]
@@ -104,7 +133,13 @@ def input_statistics(model: nn.Module, batches: Iterable, layers: L.Layers = Non
     try:
         with torch.no_grad():  # not inference_mode: the statistics may later feed modules that train
             for batch in batches:
-                model(batch)
+                calls.clear()
+                try:
+                    model(batch)
+                except _Done:
+                    pass
+                if passes == 0:
+                    early["stop"] = len(calls) == len(chosen) and all(n == 1 for n in calls.values())
                 passes += 1
     finally:
         for handle in handles:

@@ -446,17 +446,19 @@ def _cost(profile: Profile, axis: str) -> float:
 
 
 def pareto_front(profiles: Sequence[Profile], axis: str = "bytes") -> list[Profile]:
-    """The profiles that no other beats on both test error and ``axis``, cheapest first.
+    """The profiles that no other beats on both quality and ``axis``, cheapest first.
 
-    A profile is dominated when another has an error and a cost no higher, and one of them
-    lower. Profiles tied exactly (same error and same cost) do not dominate each other, so all
+    Quality is the test error for profiles with an accuracy, or the score (higher is better,
+    e.g. Spearman) for profiles with a ``score``; all profiles must have the same kind. A
+    profile is dominated when another has a quality no worse and a cost no higher, and one of
+    them strictly better. Profiles tied exactly (same error and same cost) do not dominate each other, so all
     of them are on the front. This is the package's one Pareto front;
     :func:`nncompress.plotting.pareto_plot` draws it.
 
     Parameters
     ----------
     profiles
-        A non-empty sequence of :class:`Profile`, each with an accuracy.
+        A non-empty sequence of :class:`Profile`, each with an accuracy, or each with a score.
     axis
         ``"bytes"``, ``"params"``, ``"nonzeros"``, ``"flops"`` or ``"latency_b<batch>"`` for a
         batch size every profile was timed at.
@@ -464,12 +466,13 @@ def pareto_front(profiles: Sequence[Profile], axis: str = "bytes") -> list[Profi
     Returns
     -------
     list of Profile
-        The front, by increasing cost, then increasing error.
+        The front, by increasing cost, then by quality (best first).
 
     Raises
     ------
     TypeError
-        If ``profiles`` is empty, or holds something other than a Profile with an accuracy.
+        If ``profiles`` is empty, or holds something other than a Profile with an accuracy (or,
+        for all of them, a score).
     ValueError
         If ``axis`` is not one of the above.
 
@@ -478,13 +481,15 @@ def pareto_front(profiles: Sequence[Profile], axis: str = "bytes") -> list[Profi
     blalock2020state
     """
     profiles = list(profiles)
-    if not profiles or not all(isinstance(p, Profile) and p.accuracy is not None for p in profiles):
-        raise TypeError("profiles must be a non-empty sequence of Profile, each with an accuracy")
+    if not profiles or not all(isinstance(p, Profile) for p in profiles) or not (
+            all(p.accuracy is not None for p in profiles)
+            or all(p.accuracy is None and p.score is not None for p in profiles)):
+        raise TypeError("profiles must be a non-empty sequence of Profile, each with an accuracy or each with a score")
     allowed = ("bytes", "params", "nonzeros", "flops")
     if axis not in allowed and not (axis.startswith("latency_b") and all(
             axis.removeprefix("latency_b").isdigit() and int(axis.removeprefix("latency_b")) in p.latency for p in profiles)):
         raise ValueError(f"axis must be one of {allowed} or latency_b<batch> for a measured batch size, got {axis!r}")
-    points = [(_cost(p, axis), p.error, p) for p in profiles]
+    points = [(_cost(p, axis), p.shortfall, p) for p in profiles]
     front = [p for c, e, p in points
              if not any(c2 <= c and e2 <= e and (c2 < c or e2 < e) for c2, e2, _ in points)]
-    return sorted(front, key=lambda p: (_cost(p, axis), p.error))
+    return sorted(front, key=lambda p: (_cost(p, axis), p.shortfall))

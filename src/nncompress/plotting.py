@@ -55,14 +55,16 @@ _LABELS = {"bytes": "serialized size (bytes)", "params": "parameters", "nonzeros
 
 
 def pareto_plot(profiles, cost: str = "bytes", ax=None, logx: bool = True, annotate: bool = True):
-    """Scatter test error (%) against a cost of each profile, with the Pareto front as a step line.
+    """Scatter test error (%), or the score, against a cost of each profile, with the Pareto front.
 
     The front is :func:`nncompress.measure.pareto_front`'s (the one definition in the package).
 
     Parameters
     ----------
     profiles
-        :class:`~nncompress.measure.Profile` s; those without an accuracy are left out.
+        :class:`~nncompress.measure.Profile` s; those without an accuracy are left out, unless
+        none has one: then those with a score are drawn (the score on the y axis, named by the
+        profiles' ``metric``).
     cost
         ``"bytes"``, ``"params"``, ``"nonzeros"``, ``"flops"`` or ``"latency_b<batch>"`` (a
         measured batch size), as the ``axis`` of :func:`~nncompress.measure.pareto_front`;
@@ -82,7 +84,7 @@ def pareto_plot(profiles, cost: str = "bytes", ax=None, logx: bool = True, annot
     Raises
     ------
     ValueError
-        If no profile has an accuracy, or ``cost`` is not one of the above.
+        If no profile has an accuracy or a score, or ``cost`` is not one of the above.
 
     References
     ----------
@@ -92,16 +94,21 @@ def pareto_plot(profiles, cost: str = "bytes", ax=None, logx: bool = True, annot
 
     from .measure import _cost, pareto_front
 
-    profiles = [p for p in profiles if p.error is not None]
+    profiles = list(profiles)
+    scored = not any(p.accuracy is not None for p in profiles)
+    profiles = [p for p in profiles if (p.score if scored else p.accuracy) is not None]
     if not profiles:
-        raise ValueError("profiles must include at least one profile with an accuracy")
+        raise ValueError("profiles must include at least one profile with an accuracy or a score")
     front = pareto_front(profiles, cost)  # validates cost
     scale, label = 1.0, _LABELS.get(cost)
     if label is None:
         scale, label = 1e3, f"latency at batch {cost.removeprefix('latency_b')} (ms)"
-    xs, ys = [scale * _cost(p, cost) for p in profiles], [100 * p.error for p in profiles]
+    def quality(p):
+        return p.score if scored else 100 * p.error
+
+    xs, ys = [scale * _cost(p, cost) for p in profiles], [quality(p) for p in profiles]
     ax = ax or plt.gca()
-    ax.step([scale * _cost(p, cost) for p in front], [100 * p.error for p in front], where="post", color="0.6",
+    ax.step([scale * _cost(p, cost) for p in front], [quality(p) for p in front], where="post", color="0.6",
             zorder=1, label="Pareto front")
     ax.scatter(xs, ys, zorder=2)
     if annotate:
@@ -110,7 +117,7 @@ def pareto_plot(profiles, cost: str = "bytes", ax=None, logx: bool = True, annot
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(label)
-    ax.set_ylabel("test error (%)")
+    ax.set_ylabel(profiles[0].metric or "score" if scored else "test error (%)")
     return ax
 
 

@@ -67,6 +67,13 @@ class Profile:
         """Top-1 error in [0, 1] (``1 - accuracy``), or None without an accuracy."""
         return None if self.accuracy is None else 1.0 - self.accuracy
 
+    @property
+    def shortfall(self) -> float | None:
+        """What a Pareto front minimizes: the error with an accuracy, else minus the score, else None."""
+        if self.accuracy is not None:
+            return self.error
+        return None if self.score is None else -self.score
+
     def as_dict(self) -> dict:
         """A flat dictionary (latency keys become ``latency_b<batch>_s``) for CSV or JSON."""
         row = {k: v for k, v in asdict(self).items() if k != "latency"}

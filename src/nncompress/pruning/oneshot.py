@@ -29,7 +29,7 @@ from torch import nn
 
 from .. import layers as L
 from .. import validate
-from ..calibration import inverse_hessian_factor, layerwise_
+from ..calibration import inverse_hessian_factor, one_thread, layerwise_
 from .masks import apply_masks_, key
 
 __all__ = ["nm_mask", "wanda_mask", "sparsegpt_prune", "ONESHOT_METHODS", "prune_oneshot"]
@@ -199,14 +199,15 @@ def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, sparsity: float = 
                 chosen.view(-1)[torch.topk(saliency.flatten(), k, largest=False).indices] = False
             keep[:, start:end] = chosen
         kb = keep[:, start:end]
-        for i in range(end - start):
-            if mask is None and n is not None and i % m == 0:  # each group when reached, from the updated weights
-                kb[:, i:i + m] = nm_mask(block[:, i:i + m] ** 2 / ub.diagonal()[None, i:i + m] ** 2, n, m)
-            pruned = torch.where(kb[:, i], block[:, i], torch.zeros_like(block[:, i]))
-            error = (block[:, i] - pruned) / ub[i, i]
-            block[:, i:] -= error[:, None] * ub[i, i:][None, :]
-            block[:, i] = pruned
-            errors[:, i] = error
+        with one_thread():
+            for i in range(end - start):
+                if mask is None and n is not None and i % m == 0:  # each group when reached, from the updated weights
+                    kb[:, i:i + m] = nm_mask(block[:, i:i + m] ** 2 / ub.diagonal()[None, i:i + m] ** 2, n, m)
+                pruned = torch.where(kb[:, i], block[:, i], torch.zeros_like(block[:, i]))
+                error = (block[:, i] - pruned) / ub[i, i]
+                block[:, i:] -= error[:, None] * ub[i, i:][None, :]
+                block[:, i] = pruned
+                errors[:, i] = error
         w[:, start:end] = block
         w[:, end:] -= errors @ u[start:end, end:]
     return w.float(), keep

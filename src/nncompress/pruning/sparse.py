@@ -20,7 +20,8 @@ __all__ = ["SparseLinear", "to_sparse"]
 class SparseLinear(nn.Module):
     """A Linear layer whose weight is stored in CSR format and applied with a sparse kernel.
 
-    ``forward`` computes ``(W x^T)^T + b`` with ``torch.sparse.mm``; the ``state_dict`` holds the
+    ``forward`` computes ``(W x^T)^T + b`` with ``torch.sparse.mm``, for inputs of any number of
+    leading dimensions (a transformer's ``(batch, tokens, features)``); the ``state_dict`` holds the
     CSR arrays (values, column indices, row offsets) instead of the dense matrix.
 
     Parameters
@@ -61,7 +62,8 @@ class SparseLinear(nn.Module):
         return cls(linear.weight, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.sparse.mm(self.weight, x.t()).t()  # (batch, out)
+        flat = x.reshape(-1, self.in_features)  # (..., in): every leading dimension is a row
+        out = torch.sparse.mm(self.weight, flat.t()).t().reshape(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias
 
 

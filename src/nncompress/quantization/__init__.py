@@ -23,7 +23,8 @@ with :func:`nncompress.parametrizations.bake`.
 """
 
 from .affine import dequantize, fake_quantize, qparams, qrange, quantize
-from .gptq import WEIGHT_METHODS, group_qparams, gptq_quantize, quantize_weights, rtn_quantize
+from .gptq import (WEIGHT_METHODS, WeightGrid, group_qparams, gptq_quantize, quantize_weights, rtn_quantize,
+                   weight_only_bytes, weight_only_state, weight_only_weights)
 from .int8 import Int8Layer, dynamic_int8, to_int8
 from .integer import IntegerLinear, fixed_point_multiplier, requantize
 from .model import (activation_quantizers, apply_binary, apply_binary_, apply_fake_quant, apply_fake_quant_,
@@ -39,6 +40,7 @@ __all__ = [
     "apply_fake_quant", "apply_fake_quant_", "apply_binary", "apply_binary_", "calibrate", "calibrate_",
     "post_training_quantize", "activation_quantizers", "weight_quantizers", "packed_state", "packed_bytes",
     "fixed_point_multiplier", "requantize", "IntegerLinear", "Int8Layer", "to_int8", "dynamic_int8",
-    "group_qparams", "rtn_quantize", "gptq_quantize", "WEIGHT_METHODS", "quantize_weights",
+    "group_qparams", "WeightGrid", "rtn_quantize", "gptq_quantize", "WEIGHT_METHODS", "quantize_weights",
+    "weight_only_state", "weight_only_bytes", "weight_only_weights",
     "smoothing_scales", "SmoothedLinear", "smooth_linear", "apply_smoothing",
 ]

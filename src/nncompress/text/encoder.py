@@ -393,6 +393,34 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(spearmanr(x.double().numpy(), y.double().numpy()).statistic)
 
 
+def similarities(encoder: nn.Module, pairs: TokenizedPairs, batch_size: int = 64) -> torch.Tensor:
+    """The cosine similarity of each pair's two embeddings: what STS-B ranks, float32 ``(pairs,)``.
+
+    Parameters
+    ----------
+    encoder
+        A sentence encoder (token ids to embeddings).
+    pairs
+        Tokenized pairs (:func:`tokenize_pairs`).
+    batch_size
+        Sentences per forward pass in :func:`encode`.
+
+    Returns
+    -------
+    torch.Tensor
+        One cosine per pair, in the order of ``pairs``.
+
+    Raises
+    ------
+    TypeError
+        If ``pairs`` is not :class:`TokenizedPairs` (or ``encoder`` not a module).
+    """
+    if not isinstance(pairs, TokenizedPairs):
+        raise TypeError(f"pairs must be TokenizedPairs, got {type(pairs).__name__}")
+    embeddings = encode(encoder, pairs.ids, batch_size, getattr(encoder, "pad_id", 0))
+    return F.cosine_similarity(embeddings[pairs.first], embeddings[pairs.second], dim=1)
+
+
 def sts_spearman(encoder: nn.Module, pairs: TokenizedPairs, batch_size: int = 64) -> float:
     """STS-B's metric: 100 times Spearman's correlation between cosine similarity and gold score.
 
@@ -414,8 +442,4 @@ def sts_spearman(encoder: nn.Module, pairs: TokenizedPairs, batch_size: int = 64
     ----------
     cer2017semeval, reimers2019sentence
     """
-    if not isinstance(pairs, TokenizedPairs):
-        raise TypeError(f"pairs must be TokenizedPairs, got {type(pairs).__name__}")
-    embeddings = encode(encoder, pairs.ids, batch_size, getattr(encoder, "pad_id", 0))
-    cosine = F.cosine_similarity(embeddings[pairs.first], embeddings[pairs.second], dim=1)
-    return 100 * spearman(cosine, pairs.scores)
+    return 100 * spearman(similarities(encoder, pairs, batch_size), pairs.scores)
