@@ -5,6 +5,8 @@ starting from the stored baselines): ``python -m nncompress.baselines --pruned h
 With ``--distilled RECIPE ...`` it writes distilled students (:func:`nncompress.store.make_distilled`),
 one per recipe and seed: ``python -m nncompress.baselines lenet5_thin --distilled kd hint_kd --seed 0 1 2``
 (the models come first, since ``--distilled`` and ``--seed`` take several values).
+The distilled sentence encoder of the transformer chapter (:func:`nncompress.text.make_student`,
+about half an hour on two cores): ``python -m nncompress.baselines minilm_l3``.
 
 This is the script that produced the checkpoints shipped in this folder; the test suite retrains
 a baseline, a pruned model and a distilled student with the same functions and checks that the
@@ -14,7 +16,7 @@ test error agrees with the shipped checkpoint's.
 import argparse
 from pathlib import Path
 
-from nncompress import models, store
+from nncompress import models, store, text
 from nncompress.data import load_mnist
 from nncompress.store import SHIPPED_DIR, checkpoint_filename, train_baseline, write_checkpoint
 
@@ -35,9 +37,20 @@ def _jobs(args, data):
                        lambda n=name, s=seed: train_baseline(n, args.recipe, s, data=data, progress=True))
 
 
+def _students(args) -> None:
+    """Distill the sentence-encoder students named in ``args.models``."""
+    for name in args.models:
+        for seed in args.seed:
+            path = args.out / text.student_filename(name, seed)
+            checkpoint = text.make_student(name, seed, progress=True)
+            write_checkpoint(checkpoint, path)
+            print(f"{path}: dev Spearman {checkpoint['dev_spearman']:.2f}, test {checkpoint['test_spearman']:.2f}, "
+                  f"{checkpoint['train_seconds']:.0f} s, {path.stat().st_size / 1e6:.2f} MB")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m nncompress.baselines", description=__doc__)
-    parser.add_argument("models", nargs="+", choices=sorted(models.MODELS))
+    parser.add_argument("models", nargs="+", choices=sorted(models.MODELS) + sorted(text.STUDENTS))
     parser.add_argument("--recipe", default="default")
     parser.add_argument("--seed", type=int, nargs="+", default=[0], help="one checkpoint per seed (default: 0)")
     kind = parser.add_mutually_exclusive_group()
@@ -48,6 +61,11 @@ def main(argv: list[str] | None = None) -> None:
                       help="write the distilled students made with these distillation recipes instead")
     parser.add_argument("--out", type=Path, default=SHIPPED_DIR, help="output folder (default: the package's)")
     args = parser.parse_args(argv)
+    students = [name for name in args.models if name in text.STUDENTS]
+    if students:
+        if len(students) != len(args.models) or args.pruned or args.distilled:
+            parser.error("a sentence-encoder student is made on its own, without --pruned or --distilled")
+        return _students(args)
     data = load_mnist()
     for path, make in _jobs(args, data):
         checkpoint = make()

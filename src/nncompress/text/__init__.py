@@ -6,6 +6,8 @@
   length-sorted batches) and :func:`sts_spearman`, the benchmark's metric;
 - :mod:`.deploy`: :func:`export_onnx`, :func:`quantize_onnx` and :class:`OnnxEncoder`, the
   encoder deployed with ONNX Runtime;
+- :mod:`.student`: :func:`encoder_student`, a 3-layer student distilled from the model on
+  unlabeled sentences (:func:`distill_encoder`), shipped in float16;
 - :mod:`.harness`: :func:`flops_per_sentence` at the lengths of real sentences and
   :func:`profile_encoders`, the harness's profile of sentence encoders compared with each other.
 
@@ -13,15 +15,20 @@ References: cer2017semeval, reimers2019sentence, wang2020minilm
 """
 
 from .encoder import (MINILM_MAX_LENGTH, MINILM_SHA256, SentenceEncoder, TokenizedPairs, encode, length_batches,
-                      load_minilm, minilm_path, padded_tokens, spearman, sts_spearman, tokenize, tokenize_pairs)
+                      load_minilm, minilm_path, padded_tokens, similarities, spearman, sts_spearman, tokenize,
+                      tokenize_pairs)
 from .deploy import OnnxEncoder, export_onnx, quantize_onnx
 from .harness import flops_per_sentence, profile_encoders, timing_sentences
 from .stsb import STSB, STSB_FILES, STSB_MIRRORS, STSPairs, load_stsb, read_sts
+from .student import (STUDENTS, StudentRecipe, distill_encoder, encoder_student, make_student, student_checkpoint,
+                      student_filename)
 
 __all__ = [
     "STSB_FILES", "STSB_MIRRORS", "STSPairs", "STSB", "read_sts", "load_stsb",
     "MINILM_SHA256", "MINILM_MAX_LENGTH", "minilm_path", "SentenceEncoder", "load_minilm", "tokenize",
-    "TokenizedPairs", "tokenize_pairs", "encode", "length_batches", "padded_tokens", "spearman", "sts_spearman",
+    "TokenizedPairs", "tokenize_pairs", "encode", "length_batches", "padded_tokens", "similarities", "spearman", "sts_spearman",
     "flops_per_sentence", "timing_sentences", "profile_encoders",
     "export_onnx", "quantize_onnx", "OnnxEncoder",
+    "StudentRecipe", "STUDENTS", "distill_encoder", "student_filename", "student_checkpoint", "make_student",
+    "encoder_student",
 ]
