@@ -92,6 +92,25 @@ def _layer_map(keep: Sequence[int], depth: int) -> list[int]:
     return [nxt - 1 for nxt in list(keep[1:]) + [depth]]
 
 
+def _distill_loss(student: SentenceEncoder, teacher: SentenceEncoder, batch: torch.Tensor, matched: list[int],
+                  hidden_weight: float) -> torch.Tensor:
+    """The student's loss on one batch: sentence embeddings, last hidden states, matched hidden states."""
+    mask = batch != 0
+    with torch.no_grad():
+        target = teacher.transformer(input_ids=batch, attention_mask=mask.long(), output_hidden_states=True)
+    out = student.transformer(input_ids=batch, attention_mask=mask.long(), output_hidden_states=True)
+    tokens = mask.unsqueeze(-1).float()
+
+    def token_mse(a, b):
+        return ((a - b) ** 2 * tokens).sum() / tokens.sum()
+
+    last, target_last = out.last_hidden_state, target.last_hidden_state
+    loss = F.mse_loss(_pool(last, mask), _pool(target_last, mask)) * last.shape[-1] + token_mse(last, target_last)
+    for k, t in enumerate(matched[:-1]):
+        loss = loss + hidden_weight * token_mse(out.hidden_states[k + 1], target.hidden_states[t + 1])
+    return loss
+
+
 def distill_encoder(teacher: SentenceEncoder, ids: torch.Tensor, recipe: StudentRecipe, seed: int = 0,
                     mask_id: int = 103, progress=None) -> tuple[SentenceEncoder, list[float]]:
     """Distill a shallower student from ``teacher`` on the sentences ``ids``.
@@ -154,20 +173,7 @@ def distill_encoder(teacher: SentenceEncoder, ids: torch.Tensor, recipe: Student
             batch = ids[rows, :int(lengths[rows].max())]
             if recipe.augment:
                 batch = _perturb(batch, recipe, mask_id, generator)
-            mask = batch != 0
-            with torch.no_grad():
-                target = teacher.transformer(input_ids=batch, attention_mask=mask.long(), output_hidden_states=True)
-            out = student.transformer(input_ids=batch, attention_mask=mask.long(), output_hidden_states=True)
-            tokens = mask.unsqueeze(-1).float()
-
-            def token_mse(a, b):
-                return ((a - b) ** 2 * tokens).sum() / tokens.sum()
-
-            last, target_last = out.last_hidden_state, target.last_hidden_state
-            loss = F.mse_loss(_pool(last, mask), _pool(target_last, mask)) * last.shape[-1]
-            loss = loss + token_mse(last, target_last)
-            for k, t in enumerate(matched[:-1]):
-                loss = loss + recipe.hidden_weight * token_mse(out.hidden_states[k + 1], target.hidden_states[t + 1])
+            loss = _distill_loss(student, teacher, batch, matched, recipe.hidden_weight)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -181,7 +187,20 @@ def distill_encoder(teacher: SentenceEncoder, ids: torch.Tensor, recipe: Student
 
 
 def student_filename(name: str, seed: int = 0) -> str:
-    """The checkpoint file of student ``name`` made with ``seed``: ``"minilm_l3-distilled-seed0.pt"``."""
+    """The checkpoint file of student ``name`` made with ``seed``.
+
+    Parameters
+    ----------
+    name
+        A key of :data:`STUDENTS`.
+    seed
+        The training seed, an int >= 0.
+
+    Returns
+    -------
+    str
+        For example ``"minilm_l3-distilled-seed0.pt"``.
+    """
     validate.choice(name, "name", STUDENTS)
     return f"{name}-distilled-seed{validate.integer(seed, 'seed', 0)}.pt"
 
