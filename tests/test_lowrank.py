@@ -85,7 +85,7 @@ def test_data_aware_is_optimal_among_rank_r_on_the_data():
     g = _gen(4)
     x = torch.randn(500, 12, generator=g, dtype=torch.float64) @ torch.randn(12, 12, generator=g, dtype=torch.float64)
     linear = nn.Linear(12, 9).double()
-    aware = L.factorize_linear(linear, rank=3, inputs=x)
+    aware = L.factorize_linear(linear, rank=3, inputs=x, damp=0.0)
     best = ((aware.weight - linear.weight) @ x.T).norm()
     for seed in range(20):
         gg = _gen(seed + 7)
@@ -108,6 +108,72 @@ def test_factorize_model_by_rank_energy_and_data():
     assert inputs.shape == (64, 784)
     err = lambda m: (m.fc1(inputs) - model.fc1(inputs)).norm()  # noqa: E731
     assert err(aware) < err(small)
+
+
+def test_data_aware_from_a_gram_or_from_batches_equals_from_inputs():
+    model = models.lenet_300_100().eval()
+    x = torch.randn(96, 1, 28, 28, generator=_gen(6))
+    from_inputs = L.factorize(model, {"fc1": 12, "fc2": 8}, inputs=x)
+    from_batches = L.factorize(model, {"fc1": 12, "fc2": 8}, batches=[x[:40], x[40:]])  # batches of any sizes
+    # 96 inputs span 96 of fc1's 784 directions: the factors are determined on what the data excites
+    rows = L.layer_inputs(model, x, ["fc1"])["fc1"]
+    with torch.no_grad():
+        assert torch.allclose(from_inputs(x), from_batches(x), atol=1e-4)
+        assert torch.allclose(from_inputs.fc1(rows), from_batches.fc1(rows), atol=1e-4)
+        by_gram = L.factorize_linear(model.fc1, rank=12, gram=7.0 * rows.double().T @ rows.double())  # scale is irrelevant
+        assert torch.allclose(by_gram(rows), from_inputs.fc1(rows), atol=1e-4)
+
+
+def test_data_aware_singular_values_give_the_output_error_of_the_data_aware_factors():
+    g = _gen(9)
+    x = torch.randn(300, 16, generator=g, dtype=torch.float64) @ torch.randn(16, 16, generator=g, dtype=torch.float64)
+    linear = nn.Linear(16, 10).double()
+    gram = x.T @ x
+    values = L.data_aware_singular_values(linear.weight, gram, damp=0.0) * gram.diagonal().mean().sqrt()
+    assert torch.allclose(values, torch.linalg.svdvals(linear.weight.detach() @ x.T), rtol=1e-8)
+    aware = L.factorize_linear(linear, rank=4, gram=gram, damp=0.0)
+    error = ((aware.weight.detach() - linear.weight.detach()) @ x.T).norm()
+    assert float(error) == pytest.approx(L.truncation_error(values, 4), rel=1e-6)
+    with pytest.raises(ValueError, match="gram"):
+        L.data_aware_singular_values(linear.weight, torch.eye(3))
+
+
+def test_factorized_embedding_is_the_truncated_svd_and_counts_favour_frequent_tokens():
+    g = _gen(8)
+    embedding = nn.Embedding(50, 12, padding_idx=0)
+    with torch.no_grad():
+        embedding.weight.copy_(torch.randn(50, 12, generator=g) @ torch.diag(torch.logspace(0, -1, 12)))
+    table = embedding.weight.detach()
+    full = L.factorize_embedding(embedding, 12)
+    assert torch.allclose(full.weight, table, atol=1e-5) and full.padding_idx == 0
+    ids = torch.tensor([[3, 7, 0], [49, 1, 2]])
+    assert torch.allclose(full(ids), embedding(ids), atol=1e-5)
+    small = L.factorize_embedding(embedding, 4)
+    assert measure.count_params(small) == 4 * (50 + 12)
+    error = float((small.weight.detach() - table).norm())
+    assert error == pytest.approx(L.truncation_error(torch.linalg.svdvals(table.double()), 4), rel=1e-4)  # Eckart-Young
+    counts = torch.zeros(50)
+    counts[:10] = 100.0
+    counts[10:] = 1.0
+    weighted = L.factorize_embedding(embedding, 4, counts=counts)
+    frequent = lambda m: float((m.weight.detach()[:10] - table[:10]).norm())  # noqa: E731
+    assert frequent(weighted) < frequent(small)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: L.factorize_embedding(nn.Linear(3, 4), 2), "nn.Embedding"),
+    (lambda: L.factorize_embedding(nn.Embedding(5, 4), 5), "rank"),
+    (lambda: L.factorize_embedding(nn.Embedding(5, 4), 2, counts=torch.zeros(5)), "counts"),
+    (lambda: L.factorize_embedding(nn.Embedding(5, 4), 2, counts=-torch.ones(5)), "counts"),
+    (lambda: L.factorize_embedding(nn.Embedding(5, 4), 2, counts=torch.ones(4)), "counts"),
+    (lambda: L.factorize_linear(nn.Linear(4, 5), rank=2, gram=torch.eye(3)), "gram"),
+    (lambda: L.factorize_linear(nn.Linear(4, 5), rank=2, gram=torch.eye(4), damp=-0.1), "damp"),
+    (lambda: L.factorize_linear(nn.Linear(4, 5), rank=2, inputs=torch.randn(9, 4), gram=torch.eye(4)), "not both"),
+    (lambda: L.factorize(models.lenet_300_100(), {"fc1": 3}, inputs=torch.randn(2, 784), batches=[]), "not both"),
+])
+def test_factorization_inputs_are_checked(call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call()
 
 
 @pytest.mark.parametrize("call,match", [

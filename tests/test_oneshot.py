@@ -258,6 +258,16 @@ def test_prune_oneshot_reaches_the_sparsity_with_every_method():
         prune_oneshot(model, batches, "random")
 
 
+def test_magnitude_oneshot_runs_no_calibration_pass_and_prunes_each_row():
+    from nncompress.pruning import prune_oneshot
+
+    model, _, x = mlp_and_batches(2)
+    pruned = prune_oneshot(model, [], "magnitude", 0.5)  # no batches: none are needed
+    for i in (0, 2):
+        expected = torch.stack([magnitude_mask(row, 0.5) for row in model[i].weight.detach()])
+        assert torch.equal(pruned[i].weight.detach().ne(0), expected.bool())
+
+
 def test_sequential_groups_see_the_inputs_of_the_compressed_model():
     from nncompress.pruning import prune_oneshot
 

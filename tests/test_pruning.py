@@ -200,6 +200,33 @@ def test_remove_channels_works_on_any_model_from_its_couplings():
     assert pruning.masks_of(masked) and measure.count_params(masked) == measure.count_params(model)  # untouched
 
 
+def test_remove_lowest_channels_removes_the_lowest_scores_of_each_producer():
+    model = conv_chain()
+    scores = {"0": torch.tensor([5.0, 1, 7, 0, 3, 9, 2, 8]), "2": torch.arange(6.0).flip(0)}
+    small = pruning.remove_lowest_channels(model, CONV_CHAIN, scores, 0.5)
+    assert (small[0].out_channels, small[2].in_channels, small[2].out_channels, small[5].in_features) == (4, 4, 3, 48)
+    kept0, kept2 = torch.tensor([0, 2, 5, 7]), torch.tensor([0, 1, 2])  # the four and three highest scores
+    torch.testing.assert_close(small[0].weight, model[0].weight[kept0])
+    torch.testing.assert_close(small[2].weight, model[2].weight[kept2][:, kept0])
+    # the same function as zeroing those channels in the original
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, kept in (("0", kept0), ("2", kept2)):
+            dead = torch.ones(len(scores[name]), dtype=torch.bool)
+            dead[kept] = False
+            zeroed.get_submodule(name).weight[dead] = 0
+            zeroed.get_submodule(name).bias[dead] = 0
+        x = torch.randn(4, 3, 8, 8, generator=gen(3))
+        torch.testing.assert_close(small(x), zeroed(x), rtol=1e-5, atol=1e-6)
+    assert pruning.remove_lowest_channels(model, CONV_CHAIN, scores, 0.0)[0].out_channels == 8
+    with pytest.raises(ValueError, match="no entry"):
+        pruning.remove_lowest_channels(model, CONV_CHAIN, {"0": scores["0"]}, 0.5)
+    with pytest.raises(ValueError, match="must hold 6"):
+        pruning.remove_lowest_channels(model, CONV_CHAIN, dict(scores, **{"2": torch.ones(5)}), 0.5)
+    with pytest.raises(ValueError, match="fraction"):
+        pruning.remove_lowest_channels(model, CONV_CHAIN, scores, 1.0)
+
+
 def test_remove_channels_keeps_one_channel_of_a_dead_layer():
     model = conv_chain()
     with torch.no_grad():

@@ -251,3 +251,32 @@ def test_padded_tokens_counts_what_encode_computes_in_either_order():
     assert text.padded_tokens(ids, 8) == sum(len(b) * int(b.max()) for b in sorted_lengths.split(8))
     assert int(lengths.sum()) <= text.padded_tokens(ids, 8) <= text.padded_tokens(ids, 8, sort=False)
     assert torch.allclose(text.encode(encoder, ids, 8, sort=False), text.encode(encoder, ids, 8), atol=1e-6)
+
+
+# --- Tiny Shakespeare ---------------------------------------------------------------------------
+
+def test_tinyshakespeare_is_checked_split_as_nanogpt_and_downloaded_atomically(tmp_path):
+    corpus = text.load_tinyshakespeare(SHARED)
+    assert len(corpus) == 1_115_394 and len(set(corpus)) == 65
+    train, val = text.shakespeare_split(corpus)
+    assert len(train) == 1_003_854 and train + val == corpus  # int(0.9 n), as nanoGPT's prepare.py
+    lines = text.shakespeare_lines(train)
+    assert lines[0] == "Before we proceed any further, hear me speak." and not any(l.endswith(":") for l in lines)
+    assert all(len(l.split()) >= 4 for l in lines) and len(set(lines)) == len(lines)
+    source = SHARED / "tinyshakespeare" / "input.txt"
+    cut = tmp_path / "cut.txt"
+    cut.write_bytes(source.read_bytes()[:-100])
+    with pytest.raises(ChecksumError, match="sha256"):
+        text.load_tinyshakespeare(tmp_path / "root", urls=(cut.as_uri(),))
+    assert not (tmp_path / "root" / "tinyshakespeare" / "input.txt").exists()  # nothing partial left
+    assert not list((tmp_path / "root" / "tinyshakespeare").iterdir())
+    assert text.load_tinyshakespeare(tmp_path / "root", urls=("file:///no/such/file", source.as_uri())) == corpus
+    (tmp_path / "root" / "tinyshakespeare" / "input.txt").write_bytes(source.read_bytes()[:-1])  # corrupt on disk
+    with pytest.raises(ChecksumError):
+        text.load_tinyshakespeare(tmp_path / "root", urls=(source.as_uri(),))
+    with pytest.raises(FileNotFoundError, match="input.txt"):
+        text.load_tinyshakespeare(tmp_path / "empty", urls=())
+    with pytest.raises(ValueError, match="train_fraction"):
+        text.shakespeare_split(corpus, 1.0)
+    with pytest.raises(TypeError, match="text"):
+        text.shakespeare_lines(b"bytes")

@@ -88,15 +88,16 @@ def test_distill_encoder_rejects_bad_arguments():
         text.student_filename("minilm_l2")
 
 
-def test_shipped_student_is_small_and_scores_what_it_recorded():
-    path = SHIPPED_DIR / text.student_filename("minilm_l3")
+@pytest.mark.parametrize("name", sorted(text.STUDENTS))
+def test_shipped_student_is_small_and_scores_what_it_recorded(name):
+    path = SHIPPED_DIR / text.student_filename(name)
     assert path.is_file() and path.stat().st_size <= 12e6
-    checkpoint = text.student_checkpoint("minilm_l3")
-    assert checkpoint["recipe"] == dataclasses.asdict(text.STUDENTS["minilm_l3"])
+    checkpoint = text.student_checkpoint(name)
+    assert checkpoint["recipe"] == dataclasses.asdict(text.STUDENTS[name])
     assert all(v.dtype == torch.float16 for v in checkpoint["layers"].values())
     assert not any("embeddings" in k for k in checkpoint["layers"])  # the teacher's table is not stored again
     teacher, tokenizer = text.load_minilm()
-    student = text.encoder_student(teacher)
-    assert len(student.transformer.encoder.layer) == 3
+    student = text.encoder_student(teacher, name)
+    assert len(student.transformer.encoder.layer) == len(text.STUDENTS[name].keep)
     dev = text.tokenize_pairs(tokenizer, text.load_stsb().dev)
     assert text.sts_spearman(student, dev) == pytest.approx(checkpoint["dev_spearman"], abs=0.02)

@@ -148,8 +148,10 @@ class KroneckerLinear(nn.Module):
         r, m1, n1 = self.a.shape
         _, m2, n2 = self.b.shape
         xm = x.reshape(-1, n1, n2)  # (batch, n1, n2)
-        t = torch.matmul(xm.unsqueeze(1), self.b.transpose(1, 2))  # (batch, r, n1, m2)
-        y = torch.matmul(self.a, t).sum(1)  # (batch, m1, m2)
+        # two matrix products with the r terms side by side, rather than r small ones each:
+        t = xm @ self.b.permute(2, 0, 1).reshape(n2, r * m2)  # (batch, n1, r m2): X B_k^T for every k
+        t = t.view(-1, n1, r, m2).transpose(1, 2).reshape(-1, r * n1, m2)  # (batch, r n1, m2)
+        y = self.a.transpose(0, 1).reshape(m1, r * n1) @ t  # (batch, m1, m2) = sum_k A_k X B_k^T
         y = y.reshape(*x.shape[:-1], m1 * m2)
         return y if self.bias is None else y + self.bias
 

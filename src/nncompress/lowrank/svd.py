@@ -7,16 +7,18 @@ factorized layer saves parameters only below the break-even rank ``m n / (m + n)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .. import layers as _layers
 from .. import validate
+from ..calibration import input_statistics
 from ..layers import capture_features
 
-__all__ = ["svd_factors", "truncation_error", "energy_rank", "break_even_rank", "LowRankLinear",
+__all__ = ["svd_factors", "truncation_error", "energy_rank", "break_even_rank", "data_aware_singular_values",
+           "LowRankLinear",
            "factorize_linear", "layer_inputs", "factorize", "factorize_"]
 
 
@@ -166,17 +168,67 @@ def _rows(inputs: torch.Tensor, features: int) -> torch.Tensor:
     return x
 
 
-def _data_aware_factors(weight: torch.Tensor, inputs: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rank-``rank`` ``(A, B)`` minimizing ``||(W - A B) X^T||_F`` over the rows ``X`` of ``inputs`` (DRONE)."""
-    x = _rows(inputs, weight.shape[1]).double()  # (N, n)
-    e, q = torch.linalg.eigh(x.T @ x / len(x))  # C = X^T X / N = Q diag(e) Q^T
-    keep = e > e.max() * 1e-10  # directions the data never excites are dropped
+def _gram(inputs: torch.Tensor, features: int) -> torch.Tensor:
+    """``X^T X`` of the rows of ``inputs``, float64."""
+    x = _rows(inputs, features).double()
+    return x.T @ x
+
+
+def _data_aware_factors(weight: torch.Tensor, gram: torch.Tensor, rank: int, damp: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-``rank`` ``(A, B)`` minimizing ``||(W - A B) C^(1/2)||_F`` for ``C = X^T X + damp I`` (DRONE).
+
+    Only ``X^T X`` matters, so the inputs need not be kept: with ``C = Q diag(e) Q^T`` the problem
+    is the truncated SVD of ``W Q diag(sqrt(e))``, mapped back. ``damp`` (a fraction of the mean
+    diagonal, as GPTQ's dampening) keeps directions that the calibration data hardly excites
+    from being decided by rounding noise: the next layers of a compressed model see inputs a
+    little off the calibration data.
+    """
+    c = gram.double() / gram.diagonal().mean().clamp(min=1e-300)
+    c = c + damp * torch.eye(len(c), dtype=c.dtype)
+    e, q = torch.linalg.eigh(c)
+    keep = e > e.max() * 1e-10  # directions the data never excites (possible only without damping) are dropped
     root, basis = e[keep].sqrt(), q[:, keep]  # (k,), (n, k)
     u, s, vh = torch.linalg.svd(weight.detach().double() @ basis * root, full_matrices=False)
     rank = min(rank, len(s))
     a = u[:, :rank] * s[:rank].sqrt()
     b = (s[:rank].sqrt()[:, None] * vh[:rank]) / root @ basis.T
     return a.to(weight.dtype), b.to(weight.dtype)
+
+
+def data_aware_singular_values(weight: torch.Tensor, gram: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """Singular values of ``W C^(1/2)``, ``C`` the damped Gram matrix of the layer's inputs: the data-aware spectrum.
+
+    With ``damp=0`` and ``gram = X^T X`` they are the singular values of ``W X^T``, the layer's
+    outputs on the rows ``X``: the sum of the squares beyond rank ``r`` is the output error of
+    the best rank-``r`` data-aware factorization (:func:`factorize_linear` with data), as the
+    plain singular values give the weight error of the truncated SVD.
+
+    Parameters
+    ----------
+    weight
+        The ``(m, n)`` weight.
+    gram
+        ``(n, n)``: ``sum x x^T`` over the layer's inputs (any positive scale).
+    damp
+        As :func:`factorize_linear`.
+
+    Returns
+    -------
+    torch.Tensor
+        float64 singular values, largest first (``gram`` normalized to a mean diagonal of 1).
+
+    References
+    ----------
+    chen2021drone
+    """
+    w = _check_matrix(weight)
+    validate.tensor(gram, "gram", dim=2, floating=True)
+    if tuple(gram.shape) != (w.shape[1],) * 2:
+        raise ValueError(f"gram must be ({w.shape[1]}, {w.shape[1]}), got {tuple(gram.shape)}")
+    c = gram.double() / gram.diagonal().mean().clamp(min=1e-300)
+    e, q = torch.linalg.eigh(c + validate.number(damp, "damp", 0.0) * torch.eye(len(c), dtype=c.dtype))
+    return torch.linalg.svdvals(w.detach().double() @ q * e.clamp(min=0).sqrt())
 
 
 # --------------------------------------------------------------------------- level (b): Linear
@@ -241,7 +293,8 @@ class LowRankLinear(nn.Module):
 
 
 def factorize_linear(linear: nn.Linear, rank: int | None = None, energy: float | None = None,
-                     inputs: torch.Tensor | None = None) -> LowRankLinear:
+                     inputs: torch.Tensor | None = None, gram: torch.Tensor | None = None, damp: float = 0.01
+                     ) -> LowRankLinear:
     """Factor ``linear`` into a :class:`LowRankLinear`, by ``rank`` or by retained ``energy``.
 
     Parameters
@@ -255,6 +308,13 @@ def factorize_linear(linear: nn.Linear, rank: int | None = None, energy: float |
         Calibration inputs of this layer, ``(..., n)``. With them, the factors minimize the output
         error ``||(W - A B) x||`` on them instead of the weight error (data-aware, as DRONE);
         ``energy`` still refers to the singular values of the plain weight.
+    gram
+        Instead of ``inputs``: their ``(n, n)`` Gram matrix ``sum x x^T``, all that the data-aware
+        factors depend on (:attr:`nncompress.calibration.InputStats.gram`).
+    damp
+        With data: a fraction ``>= 0`` of the Gram matrix's mean diagonal added to its diagonal,
+        so that directions the data hardly excites keep the weight's own behaviour (0: exact on
+        the data).
 
     Returns
     -------
@@ -267,7 +327,8 @@ def factorize_linear(linear: nn.Linear, rank: int | None = None, energy: float |
         If ``linear`` is not an ``nn.Linear``.
     ValueError
         Unless exactly one of ``rank`` and ``energy`` is given; for a rank or energy out of range,
-        or ``inputs`` without ``n`` features.
+        ``inputs`` without ``n`` features, a ``gram`` that is not ``(n, n)``, or both ``inputs``
+        and ``gram``.
 
     References
     ----------
@@ -281,7 +342,16 @@ def factorize_linear(linear: nn.Linear, rank: int | None = None, energy: float |
     if rank is None:
         rank = energy_rank(torch.linalg.svdvals(w.double()), energy)
     rank = validate.integer(rank, "rank", 1, min(w.shape))
-    a, b = svd_factors(w, rank) if inputs is None else _data_aware_factors(w, inputs, rank)
+    if inputs is not None and gram is not None:
+        raise ValueError("give inputs or gram, not both")
+    if inputs is not None:
+        gram = _gram(inputs, w.shape[1])
+    elif gram is not None:
+        validate.tensor(gram, "gram", dim=2, floating=True)
+        if tuple(gram.shape) != (w.shape[1],) * 2:
+            raise ValueError(f"gram must be ({w.shape[1]}, {w.shape[1]}), got {tuple(gram.shape)}")
+    damp = validate.number(damp, "damp", 0.0)
+    a, b = svd_factors(w, rank) if gram is None else _data_aware_factors(w, gram, rank, damp)
     return LowRankLinear(a, b, None if linear.bias is None else linear.bias.detach())
 
 
@@ -343,17 +413,24 @@ def _plan(model: nn.Module, ranks, energy, layers) -> dict[str, int | None]:
     return dict.fromkeys(_layers.select(model, layers, types=(nn.Linear,)))
 
 
-def _factorized_layers(model: nn.Module, ranks, energy, layers, inputs) -> dict[str, LowRankLinear]:
+def _factorized_layers(model: nn.Module, ranks, energy, layers, inputs, batches, damp) -> dict[str, LowRankLinear]:
     """The replacement of each planned layer of ``model``."""
     plan = _plan(model, ranks, energy, layers)
-    received = layer_inputs(model, inputs, list(plan)) if inputs is not None else {}
+    if inputs is not None and batches is not None:
+        raise ValueError("give inputs or batches, not both")
+    grams = {}
+    if inputs is not None:
+        grams = {name: _gram(x, x.shape[1]) for name, x in layer_inputs(model, inputs, list(plan)).items()}
+    elif batches is not None:
+        grams = {name: s.gram for name, s in input_statistics(model, batches, list(plan)).items()}
     modules = dict(model.named_modules())
-    return {name: factorize_linear(modules[name], rank, energy if rank is None else None, received.get(name))
+    return {name: factorize_linear(modules[name], rank, energy if rank is None else None, gram=grams.get(name), damp=damp)
             for name, rank in plan.items()}
 
 
 def factorize(model: nn.Module, ranks: Mapping | None = None, energy: float | None = None,
-              layers: _layers.Layers = None, inputs: torch.Tensor | None = None) -> nn.Module:
+              layers: _layers.Layers = None, inputs: torch.Tensor | None = None, batches: Sequence | None = None,
+              damp: float = 0.01) -> nn.Module:
     """A new model with Linear layers of ``model`` replaced by :class:`LowRankLinear` factorizations.
 
     Parameters
@@ -370,6 +447,12 @@ def factorize(model: nn.Module, ranks: Mapping | None = None, energy: float | No
     inputs
         Model inputs for data-aware factorization (DRONE): each layer is fitted to the inputs it
         receives in the *original* model.
+    batches
+        Instead of ``inputs``: calibration batches, one forward pass each (for models whose
+        inputs come in batches of different shapes, such as sentences grouped by length); only
+        each layer's Gram matrix is kept (:func:`nncompress.calibration.input_statistics`).
+    damp
+        With data: as :func:`factorize_linear`.
 
     Returns
     -------
@@ -388,11 +471,12 @@ def factorize(model: nn.Module, ranks: Mapping | None = None, energy: float | No
     xue2013restructuring, denton2014exploiting, chen2021drone
     """
     validate.module(model)
-    return _layers.replace(model, _factorized_layers(model, ranks, energy, layers, inputs))
+    return _layers.replace(model, _factorized_layers(model, ranks, energy, layers, inputs, batches, damp))
 
 
 def factorize_(model: nn.Module, ranks: Mapping | None = None, energy: float | None = None,
-               layers: _layers.Layers = None, inputs: torch.Tensor | None = None) -> nn.Module:
+               layers: _layers.Layers = None, inputs: torch.Tensor | None = None, batches: Sequence | None = None,
+               damp: float = 0.01) -> nn.Module:
     """:func:`factorize` in place: replaces the layers inside ``model`` and returns it.
 
     Parameters, Raises and References are those of :func:`factorize`.
@@ -403,6 +487,6 @@ def factorize_(model: nn.Module, ranks: Mapping | None = None, energy: float | N
         ``model`` itself.
     """
     validate.module(model)
-    for name, layer in _factorized_layers(model, ranks, energy, layers, inputs).items():
+    for name, layer in _factorized_layers(model, ranks, energy, layers, inputs, batches, damp).items():
         _layers.replace_(model, name, layer)
     return model

@@ -35,7 +35,7 @@ References: han2015learning, zhu2017prune, li2017pruning, frankle2019lottery, fr
 sun2024simple, frantar2023sparsegpt, michel2019sixteen
 """
 
-from .channels import prune_channels, prune_channels_, remove_channels
+from .channels import prune_channels, prune_channels_, remove_channels, remove_lowest_channels
 from .criteria import channel_norms, global_magnitude_masks, ln_structured_mask, magnitude_mask, polynomial_sparsity
 from .masks import (Mask, apply_masks, apply_masks_, layer_sparsity, load_pruned, masks_of, prune_magnitude,
                     prune_magnitude_, rewind, rewind_)
@@ -48,7 +48,7 @@ __all__ = [
     "magnitude_mask", "global_magnitude_masks", "channel_norms", "ln_structured_mask", "polynomial_sparsity",
     "Mask", "apply_masks", "apply_masks_", "masks_of", "prune_magnitude", "prune_magnitude_", "layer_sparsity",
     "load_pruned", "rewind", "rewind_",
-    "prune_channels", "prune_channels_", "remove_channels",
+    "prune_channels", "prune_channels_", "remove_channels", "remove_lowest_channels",
     "SparseLinear", "to_sparse",
     "iterative_prune_", "gradual_pruning", "sparsity_sweep", "gradual_vs_one_shot", "lottery_ticket",
     "nm_mask", "wanda_mask", "sparsegpt_prune", "ONESHOT_METHODS", "prune_oneshot",

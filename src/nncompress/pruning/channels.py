@@ -22,7 +22,7 @@ from .. import models, validate
 from .criteria import check_norm, ln_structured_mask
 from .masks import apply_masks_, key
 
-__all__ = ["prune_channels", "prune_channels_", "remove_channels"]
+__all__ = ["prune_channels", "prune_channels_", "remove_channels", "remove_lowest_channels"]
 
 
 def _channel_masks(model: nn.Module, sparsity, n: float, layers) -> dict[str, torch.Tensor]:
@@ -230,3 +230,53 @@ def remove_channels(model: nn.Module, couplings: Sequence[L.Coupling] | None = N
         for name in c.consumers:
             cols[name] = inputs
     return L.replace(model, {name: _smaller(m, rows[name], cols[name]) for name, m in chosen.items()})
+
+
+def remove_lowest_channels(model: nn.Module, couplings: Sequence[L.Coupling], scores: Mapping[str, torch.Tensor],
+                           fraction: float) -> nn.Module:
+    """A smaller copy of ``model`` without the lowest-scoring ``fraction`` of each coupling's channels.
+
+    For each coupling, the ``round(fraction * channels)`` output channels of its producer with
+    the lowest ``scores[producer]`` are masked (weight rows and bias) and then deleted with the
+    inputs they feed (:func:`remove_channels`): for example the intermediate neurons of every
+    feed-forward block of a transformer, scored by a gate's gradient
+    (:func:`nncompress.pruning.gate_importance`).
+
+    Parameters
+    ----------
+    model
+        Any module; left unchanged.
+    couplings
+        The couplings whose producers lose channels (:class:`nncompress.layers.Coupling`).
+    scores
+        Each coupling's producer name mapped to one score per output channel (higher: more important).
+    fraction
+        The share of each producer's channels removed, in [0, 1).
+
+    Returns
+    -------
+    nn.Module
+        The smaller model.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a producer without scores, scores of the wrong length, or a fraction out of range.
+    """
+    fraction = validate.fraction(fraction, "fraction")
+    modules = _check_couplings(model, couplings)
+    masks = {}
+    for coupling in couplings:
+        producer = modules[coupling.producer]
+        if coupling.producer not in scores:
+            raise ValueError(f"scores has no entry for producer {coupling.producer!r}")
+        score = validate.tensor(scores[coupling.producer], f"scores[{coupling.producer!r}]", dim=1)
+        channels = producer.weight.shape[0]
+        if len(score) != channels:
+            raise ValueError(f"scores[{coupling.producer!r}] must hold {channels} values, got {len(score)}")
+        keep = torch.ones(channels)
+        keep[score.argsort()[:round(fraction * channels)]] = 0
+        masks[key(coupling.producer, "weight")] = keep.view(-1, *[1] * (producer.weight.dim() - 1)).expand_as(producer.weight).clone()
+        if producer.bias is not None:
+            masks[key(coupling.producer, "bias")] = keep
+    return remove_channels(apply_masks_(copy.deepcopy(model), masks), couplings)

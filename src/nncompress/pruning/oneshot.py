@@ -218,7 +218,8 @@ def prune_oneshot(model: nn.Module, batches: Sequence, method: str = "wanda", sp
                   groups: Sequence[Sequence[str]] | None = None) -> nn.Module:
     """A copy of ``model`` pruned one shot, layer by layer, from calibration inputs.
 
-    ``"magnitude"`` removes the smallest weights of each output row (no data needed);
+    ``"magnitude"`` removes the smallest weights of each output row (no data needed: it runs no
+    calibration pass and ignores ``batches`` and ``groups``);
     ``"wanda"`` uses :func:`wanda_mask`; ``"sparsegpt"`` uses :func:`sparsegpt_prune`, which also
     updates the kept weights. Each layer gets a mask (:class:`nncompress.pruning.Mask`), so the
     pruned weights stay zero; the walk is :func:`nncompress.calibration.layerwise_`.
@@ -263,4 +264,8 @@ def prune_oneshot(model: nn.Module, batches: Sequence, method: str = "wanda", sp
             keep = wanda_mask(weight, norms, sparsity, n, m)
         apply_masks_(out, {key(name, "weight"): keep.float()})
 
+    if method == "magnitude":  # needs no data: no calibration pass
+        for name, layer in L.select(out, layers, types=(nn.Linear,)).items():
+            transform(name, layer, None)
+        return out
     return layerwise_(out, batches, layers, transform, groups)

@@ -1,12 +1,14 @@
 """Sentence encoders on the STS Benchmark: the data, the model, encoding, the metric and the harness.
 
 - :mod:`.stsb`: :func:`load_stsb`, the three splits of STS-B, checked by sha256;
+- :mod:`.shakespeare`: :func:`load_tinyshakespeare`, Karpathy's Tiny Shakespeare, checked by
+  sha256, split as nanoGPT splits it;
 - :mod:`.encoder`: :func:`load_minilm` (all-MiniLM-L6-v2, checked by sha256, as a
   :class:`SentenceEncoder`), :func:`tokenize`, :func:`tokenize_pairs`, :func:`encode` (in
   length-sorted batches) and :func:`sts_spearman`, the benchmark's metric;
 - :mod:`.deploy`: :func:`export_onnx`, :func:`quantize_onnx` and :class:`OnnxEncoder`, the
   encoder deployed with ONNX Runtime;
-- :mod:`.student`: :func:`encoder_student`, a 3-layer student distilled from the model on
+- :mod:`.student`: :func:`encoder_student`, 3-layer students distilled from the model on
   unlabeled sentences (:func:`distill_encoder`), shipped in float16;
 - :mod:`.harness`: :func:`flops_per_sentence` at the lengths of real sentences and
   :func:`profile_encoders`, the harness's profile of sentence encoders compared with each other.
@@ -19,12 +21,15 @@ from .encoder import (MINILM_MAX_LENGTH, MINILM_SHA256, SentenceEncoder, Tokeniz
                       tokenize_pairs)
 from .deploy import OnnxEncoder, export_onnx, quantize_onnx
 from .harness import flops_per_sentence, profile_encoders, timing_sentences
+from .shakespeare import (SHAKESPEARE_SHA256, SHAKESPEARE_URLS, load_tinyshakespeare, shakespeare_lines,
+                          shakespeare_split)
 from .stsb import STSB, STSB_FILES, STSB_MIRRORS, STSPairs, load_stsb, read_sts
 from .student import (STUDENTS, StudentRecipe, distill_encoder, encoder_student, make_student, student_checkpoint,
                       student_filename)
 
 __all__ = [
     "STSB_FILES", "STSB_MIRRORS", "STSPairs", "STSB", "read_sts", "load_stsb",
+    "SHAKESPEARE_SHA256", "SHAKESPEARE_URLS", "load_tinyshakespeare", "shakespeare_split", "shakespeare_lines",
     "MINILM_SHA256", "MINILM_MAX_LENGTH", "minilm_path", "SentenceEncoder", "load_minilm", "tokenize",
     "TokenizedPairs", "tokenize_pairs", "encode", "length_batches", "padded_tokens", "similarities", "spearman", "sts_spearman",
     "flops_per_sentence", "timing_sentences", "profile_encoders",
