@@ -85,7 +85,7 @@ def test_data_aware_is_optimal_among_rank_r_on_the_data():
     g = _gen(4)
     x = torch.randn(500, 12, generator=g, dtype=torch.float64) @ torch.randn(12, 12, generator=g, dtype=torch.float64)
     linear = nn.Linear(12, 9).double()
-    aware = L.factorize_linear(linear, rank=3, inputs=x, damp=0.0)
+    aware = L.factorize_linear(linear, rank=3, inputs=x)  # damp=0: exact on the data
     best = ((aware.weight - linear.weight) @ x.T).norm()
     for seed in range(20):
         gg = _gen(seed + 7)
@@ -113,14 +113,14 @@ def test_factorize_model_by_rank_energy_and_data():
 def test_data_aware_from_a_gram_or_from_batches_equals_from_inputs():
     model = models.lenet_300_100().eval()
     x = torch.randn(96, 1, 28, 28, generator=_gen(6))
-    from_inputs = L.factorize(model, {"fc1": 12, "fc2": 8}, inputs=x)
-    from_batches = L.factorize(model, {"fc1": 12, "fc2": 8}, batches=[x[:40], x[40:]])  # batches of any sizes
+    from_inputs = L.factorize(model, {"fc1": 12, "fc2": 8}, inputs=x, damp=0.01)
+    from_batches = L.factorize(model, {"fc1": 12, "fc2": 8}, batches=[x[:40], x[40:]], damp=0.01)  # any batch sizes
     # 96 inputs span 96 of fc1's 784 directions: the factors are determined on what the data excites
     rows = L.layer_inputs(model, x, ["fc1"])["fc1"]
     with torch.no_grad():
         assert torch.allclose(from_inputs(x), from_batches(x), atol=1e-4)
         assert torch.allclose(from_inputs.fc1(rows), from_batches.fc1(rows), atol=1e-4)
-        by_gram = L.factorize_linear(model.fc1, rank=12, gram=7.0 * rows.double().T @ rows.double())  # scale is irrelevant
+        by_gram = L.factorize_linear(model.fc1, rank=12, gram=7.0 * rows.double().T @ rows.double(), damp=0.01)  # any scale
         assert torch.allclose(by_gram(rows), from_inputs.fc1(rows), atol=1e-4)
 
 

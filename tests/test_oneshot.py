@@ -224,7 +224,7 @@ def test_sparsegpt_beats_the_same_sparsity_without_updates_on_calibration_data()
 
 def test_data_aware_low_rank_reaches_the_eckart_young_bound_of_w_x():
     weight, _, x = weight_and_gram()
-    a, b = lowrank.svd._data_aware_factors(weight, x, 4)
+    a, b = lowrank.svd._data_aware_factors(weight, x.double().T @ x.double(), 4, 0.0)
     s = torch.linalg.svdvals(weight.double() @ x.double().T)
     best = float(s[4:].square().sum().sqrt())  # no rank-4 matrix does better on W X^T
     assert output_error(weight, a @ b, x) == pytest.approx(best, rel=1e-6)

@@ -181,8 +181,8 @@ def _data_aware_factors(weight: torch.Tensor, gram: torch.Tensor, rank: int, dam
     Only ``X^T X`` matters, so the inputs need not be kept: with ``C = Q diag(e) Q^T`` the problem
     is the truncated SVD of ``W Q diag(sqrt(e))``, mapped back. ``damp`` (a fraction of the mean
     diagonal, as GPTQ's dampening) keeps directions that the calibration data hardly excites
-    from being decided by rounding noise: the next layers of a compressed model see inputs a
-    little off the calibration data.
+    from being decided by rounding noise, which matters because the next layers of a compressed
+    model see inputs a little off the calibration data.
     """
     c = gram.double() / gram.diagonal().mean().clamp(min=1e-300)
     c = c + damp * torch.eye(len(c), dtype=c.dtype)
@@ -196,7 +196,7 @@ def _data_aware_factors(weight: torch.Tensor, gram: torch.Tensor, rank: int, dam
     return a.to(weight.dtype), b.to(weight.dtype)
 
 
-def data_aware_singular_values(weight: torch.Tensor, gram: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+def data_aware_singular_values(weight: torch.Tensor, gram: torch.Tensor, damp: float = 0.0) -> torch.Tensor:
     """Singular values of ``W C^(1/2)``, ``C`` the damped Gram matrix of the layer's inputs: the data-aware spectrum.
 
     With ``damp=0`` and ``gram = X^T X`` they are the singular values of ``W X^T``, the layer's
@@ -293,7 +293,7 @@ class LowRankLinear(nn.Module):
 
 
 def factorize_linear(linear: nn.Linear, rank: int | None = None, energy: float | None = None,
-                     inputs: torch.Tensor | None = None, gram: torch.Tensor | None = None, damp: float = 0.01
+                     inputs: torch.Tensor | None = None, gram: torch.Tensor | None = None, damp: float = 0.0
                      ) -> LowRankLinear:
     """Factor ``linear`` into a :class:`LowRankLinear`, by ``rank`` or by retained ``energy``.
 
@@ -312,9 +312,10 @@ def factorize_linear(linear: nn.Linear, rank: int | None = None, energy: float |
         Instead of ``inputs``: their ``(n, n)`` Gram matrix ``sum x x^T``, all that the data-aware
         factors depend on (:attr:`nncompress.calibration.InputStats.gram`).
     damp
-        With data: a fraction ``>= 0`` of the Gram matrix's mean diagonal added to its diagonal,
-        so that directions the data hardly excites keep the weight's own behaviour (0: exact on
-        the data).
+        With data: a fraction ``>= 0`` of the Gram matrix's mean diagonal added to its diagonal
+        (as GPTQ's dampening, 0.01 there), so that directions the calibration data hardly
+        excites keep the weight's own behaviour; 0 (the default) is DRONE's exact solution on
+        the data.
 
     Returns
     -------
@@ -430,7 +431,7 @@ def _factorized_layers(model: nn.Module, ranks, energy, layers, inputs, batches,
 
 def factorize(model: nn.Module, ranks: Mapping | None = None, energy: float | None = None,
               layers: _layers.Layers = None, inputs: torch.Tensor | None = None, batches: Sequence | None = None,
-              damp: float = 0.01) -> nn.Module:
+              damp: float = 0.0) -> nn.Module:
     """A new model with Linear layers of ``model`` replaced by :class:`LowRankLinear` factorizations.
 
     Parameters
@@ -476,7 +477,7 @@ def factorize(model: nn.Module, ranks: Mapping | None = None, energy: float | No
 
 def factorize_(model: nn.Module, ranks: Mapping | None = None, energy: float | None = None,
                layers: _layers.Layers = None, inputs: torch.Tensor | None = None, batches: Sequence | None = None,
-               damp: float = 0.01) -> nn.Module:
+               damp: float = 0.0) -> nn.Module:
     """:func:`factorize` in place: replaces the layers inside ``model`` and returns it.
 
     Parameters, Raises and References are those of :func:`factorize`.
