@@ -359,7 +359,7 @@ def test_per_input_latencies_feeds_every_input_once_per_round_in_turns():
     seconds = measure.per_input_latencies({"a": Spy("a"), "b": Spy("b")}, inputs, rounds=2)
     assert set(seconds) == {"a", "b"} and all(t > 0 for t in seconds.values())
     runs = [name for i, name in enumerate(log) if i == 0 or log[i - 1] != name]
-    assert runs == ["a", "b", "a", "b"] and len(log) == 2 * (10 + 4) + 2 * 4  # warm-up in the first round only
+    assert runs == ["a", "b"] * 3 and len(log) == 2 * (10 + 4) + 2 * 4  # ten warm-up calls each, then two rounds
     timed = [x for name, x in seen if name == "a"][10:14]
     assert all(torch.equal(x, inputs[i:i + 1]) for i, x in enumerate(timed))
     with pytest.raises(ValueError, match="inputs"):
@@ -396,3 +396,19 @@ def test_group_breakdown_and_module_times_split_a_model_by_groups():
     assert set(times) == {"first", "rest", "total"}
     assert 0 < times["first"] < times["total"] and 0 < times["rest"] < times["total"]
     assert times["first"] + times["rest"] <= times["total"]
+
+
+def test_calls_in_turns_keeps_each_calls_fastest_round():
+    import time as _time
+
+    from nncompress.measure import calls_in_turns
+
+    order = []
+    seconds = calls_in_turns({"short": lambda: order.append("s"),
+                              "long": lambda: (order.append("l"), _time.sleep(0.01))}, rounds=2)
+    assert order == ["s", "l"] * 3  # a warm-up call each, then two rounds in turns
+    assert seconds["long"] >= 0.01 > seconds["short"]
+    with pytest.raises(TypeError, match="callables"):
+        calls_in_turns({"x": 3})
+    with pytest.raises(ValueError, match="rounds"):
+        calls_in_turns({"x": lambda: None}, rounds=0)

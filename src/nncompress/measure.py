@@ -42,8 +42,8 @@ from . import layers as L
 from . import validate
 from .flops import _check_model, _int8_layer, count_flops, flops_by_module
 from .tables import Profile, Table, comparison_table, environment, write_results
-from .timing import (MNIST_SHAPE, measure_latencies, measure_latency, module_times, per_input_latencies,
-                     thread_scaling)
+from .timing import (MNIST_SHAPE, calls_in_turns, measure_latencies, measure_latency, module_times,
+                     per_input_latencies, thread_scaling)
 from .train import evaluate
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "pareto_front",
     "thread_scaling",
     "per_input_latencies",
+    "calls_in_turns",
     "module_times",
     "MNIST_SHAPE",
 ]

@@ -20,7 +20,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-__all__ = ["Profile", "Table", "comparison_table", "environment", "write_results"]
+__all__ = ["LOWER_IS_BETTER", "Profile", "Table", "comparison_table", "environment", "write_results"]
+
+
+LOWER_IS_BETTER = frozenset({"loss", "perplexity"})  # metrics (Profile.metric) to minimize
 
 
 @dataclass
@@ -69,10 +72,13 @@ class Profile:
 
     @property
     def shortfall(self) -> float | None:
-        """What a Pareto front minimizes: the error with an accuracy, else minus the score, else None."""
+        """What a Pareto front minimizes: the error with an accuracy, else minus the score (the score
+        itself for a metric where lower is better, :data:`LOWER_IS_BETTER`), else None."""
         if self.accuracy is not None:
             return self.error
-        return None if self.score is None else -self.score
+        if self.score is None:
+            return None
+        return self.score if self.metric in LOWER_IS_BETTER else -self.score
 
     def as_dict(self) -> dict:
         """A flat dictionary (latency keys become ``latency_b<batch>_s``) for CSV or JSON."""

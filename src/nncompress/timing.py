@@ -1,6 +1,6 @@
 """CPU latency, measured so that comparisons survive other work on the machine.
 
-Five entry points, re-exported by :mod:`nncompress.measure`:
+Six entry points, re-exported by :mod:`nncompress.measure`:
 
 - :func:`measure_latency` times one model: the median of ``torch.utils.benchmark``'s
   ``blocked_autorange`` under ``torch.inference_mode``, with the thread count fixed, after
@@ -9,7 +9,8 @@ Five entry points, re-exported by :mod:`nncompress.measure`:
   (round-robin), each keeping its fastest round, and adds rounds until every model's fastest
   round has been matched by another (the estimate is stable), within a bounded number of rounds.
 - :func:`per_input_latencies` times models that run inputs one at a time, in turns, for models
-  whose work depends on the input (early exit);
+  whose work depends on the input (early exit), and :func:`calls_in_turns` any calls (text
+  generation), in turns;
 - :func:`thread_scaling` measures, right now, how much a second thread speeds up a reference
   matrix product: a notebook asserts claims about several threads only when it is high enough;
 - :func:`module_times` splits one model's forward pass by groups of submodules, with
@@ -25,7 +26,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -33,7 +34,8 @@ from torch.utils import benchmark
 
 from . import validate
 
-__all__ = ["MNIST_SHAPE", "measure_latency", "measure_latencies", "per_input_latencies", "thread_scaling",
+__all__ = ["MNIST_SHAPE", "measure_latency", "measure_latencies", "per_input_latencies", "calls_in_turns",
+           "thread_scaling",
            "module_times"]
 
 MNIST_SHAPE = (1, 28, 28)
@@ -216,9 +218,9 @@ def per_input_latencies(models: Mapping[str, nn.Module], inputs: torch.Tensor, t
 
     For a model whose work depends on its input (an early-exit network), one timed batch says
     little: this runs every input through each model, one per call, and divides the wall time
-    by their number. Each of ``rounds`` rounds does so for every model in turn (after ten
-    untimed warm-up calls per model in the first round), and each model keeps its fastest round,
-    as in :func:`measure_latencies`.
+    by their number. After ten untimed warm-up calls per model, each of ``rounds`` rounds does so
+    for every model in turn (:func:`calls_in_turns`), and each model keeps its fastest round, as
+    in :func:`measure_latencies`.
 
     Parameters
     ----------
@@ -255,19 +257,65 @@ def per_input_latencies(models: Mapping[str, nn.Module], inputs: torch.Tensor, t
     validate.tensor(inputs, "inputs")
     threads = validate.integer(threads, "threads", 1)
     rounds = validate.integer(rounds, "rounds", 1)
-    best = dict.fromkeys(models, math.inf)
+
+    def run(model):
+        def call():
+            for i in range(len(inputs)):
+                model(inputs[i:i + 1])
+        return call
+
+    with torch.inference_mode():
+        for model in models.values():  # warm-up: ten single inputs each
+            for i in range(10):
+                model(inputs[i % len(inputs)][None])
+    seconds = calls_in_turns({name: run(model) for name, model in models.items()}, threads, rounds, warmup=False)
+    return {name: t / len(inputs) for name, t in seconds.items()}
+
+
+def calls_in_turns(calls: Mapping[str, Callable[[], object]], threads: int = 1, rounds: int = 3,
+                   warmup: bool = True) -> dict[str, float]:
+    """Seconds per call of several calls timed in turns: each round runs every call once, in order.
+
+    With ``warmup``, the first round is preceded by one untimed call of each; each call keeps
+    its fastest round, since interference from other work only ever adds time.
+
+    Parameters
+    ----------
+    calls
+        Names mapped to functions of no argument (for example, generating text with one model).
+    threads
+        Intra-op threads during the measurement (an int >= 1); the previous setting is restored.
+    rounds
+        Rounds of timing (an int >= 1).
+    warmup
+        Call each once, untimed, first.
+
+    Returns
+    -------
+    dict
+        Each name mapped to its fastest round's seconds.
+
+    References
+    ----------
+    hoefler2015scientific
+    """
+    validate.mapping(calls, "calls")
+    if not calls or not all(callable(c) for c in calls.values()):
+        raise TypeError("calls must map names to callables (at least one)")
+    threads = validate.integer(threads, "threads", 1)
+    rounds = validate.integer(rounds, "rounds", 1)
+    best = dict.fromkeys(calls, math.inf)
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
         with torch.inference_mode():
-            for r in range(rounds):
-                for name, model in models.items():
-                    for i in range(10 if r == 0 else 0):
-                        model(inputs[i % len(inputs)][None])
+            for call in calls.values() if warmup else ():
+                call()
+            for _ in range(rounds):
+                for name, call in calls.items():
                     start = time.perf_counter()
-                    for i in range(len(inputs)):
-                        model(inputs[i:i + 1])
-                    best[name] = min(best[name], (time.perf_counter() - start) / len(inputs))
+                    call()
+                    best[name] = min(best[name], time.perf_counter() - start)
     finally:
         torch.set_num_threads(previous)
     return best

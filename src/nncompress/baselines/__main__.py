@@ -6,7 +6,9 @@ With ``--distilled RECIPE ...`` it writes distilled students (:func:`nncompress.
 one per recipe and seed: ``python -m nncompress.baselines lenet5_thin --distilled kd hint_kd --seed 0 1 2``
 (the models come first, since ``--distilled`` and ``--seed`` take several values).
 The distilled sentence encoder of the transformer chapter (:func:`nncompress.text.make_student`,
-about half an hour on two cores): ``python -m nncompress.baselines minilm_l3``.
+about half an hour on two cores): ``python -m nncompress.baselines minilm_l3``. The character-level
+GPT of the generative chapter and its draft model (:func:`nncompress.text.make_gpt`):
+``python -m nncompress.baselines shakespeare_gpt``, then ``shakespeare_draft``.
 
 This is the script that produced the checkpoints shipped in this folder; the test suite retrains
 a baseline, a pruned model and a distilled student with the same functions and checks that the
@@ -48,9 +50,20 @@ def _students(args) -> None:
                   f"{checkpoint['train_seconds']:.0f} s, {path.stat().st_size / 1e6:.2f} MB")
 
 
+def _gpts(args) -> None:
+    """Train the character-level GPTs named in ``args.models``."""
+    for name in args.models:
+        for seed in args.seed:
+            path = args.out / text.gpt_filename(name, seed)
+            checkpoint = text.make_gpt(name, seed, progress=True)
+            write_checkpoint(checkpoint, path)
+            print(f"{path}: validation loss {checkpoint['val_loss']:.4f} nats/char, "
+                  f"{checkpoint['train_seconds']:.0f} s, {path.stat().st_size / 1e6:.2f} MB")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m nncompress.baselines", description=__doc__)
-    parser.add_argument("models", nargs="+", choices=sorted(models.MODELS) + sorted(text.STUDENTS))
+    parser.add_argument("models", nargs="+", choices=sorted(models.MODELS) + sorted(text.STUDENTS) + sorted(text.GPTS))
     parser.add_argument("--recipe", default="default")
     parser.add_argument("--seed", type=int, nargs="+", default=[0], help="one checkpoint per seed (default: 0)")
     kind = parser.add_mutually_exclusive_group()
@@ -61,11 +74,13 @@ def main(argv: list[str] | None = None) -> None:
                       help="write the distilled students made with these distillation recipes instead")
     parser.add_argument("--out", type=Path, default=SHIPPED_DIR, help="output folder (default: the package's)")
     args = parser.parse_args(argv)
-    students = [name for name in args.models if name in text.STUDENTS]
-    if students:
-        if len(students) != len(args.models) or args.pruned or args.distilled:
-            parser.error("a sentence-encoder student is made on its own, without --pruned or --distilled")
-        return _students(args)
+    for registry, make, kind in ((text.STUDENTS, _students, "a sentence-encoder student"),
+                                 (text.GPTS, _gpts, "a character-level GPT")):
+        chosen = [name for name in args.models if name in registry]
+        if chosen:
+            if len(chosen) != len(args.models) or args.pruned or args.distilled:
+                parser.error(f"{kind} is made on its own, without other models, --pruned or --distilled")
+            return make(args)
     data = load_mnist()
     for path, make in _jobs(args, data):
         checkpoint = make()

@@ -15,7 +15,11 @@ The family in parts, from tensors up:
 - :mod:`.smooth`: SmoothQuant's migration of activation outliers into the weights
   (:func:`smoothing_scales`, :func:`smooth_linear`, :func:`apply_smoothing`);
 - :mod:`.gptq`: weight-only quantization in groups, :func:`rtn_quantize` and
-  :func:`gptq_quantize` (Frantar et al.), with calibration data and no training.
+  :func:`gptq_quantize` (Frantar et al.), with calibration data and no training;
+- :mod:`.awq`: AWQ's activation-aware scaling before rounding (:func:`awq_scales`,
+  :func:`awq_quantize_weights`);
+- :mod:`.kernels`: Linear layers on torch's weight-only int8 and int4 CPU kernels
+  (:class:`Int8WeightLinear`, :class:`Int4WeightLinear`, :func:`to_weight_kernels`).
 
 Every model-level function returns a new model of the same class and leaves its input
 untouched; the in-place variants end with ``_``. Bake the quantized weights into plain tensors
@@ -25,6 +29,8 @@ with :func:`nncompress.parametrizations.bake`.
 from .affine import dequantize, fake_quantize, qparams, qrange, quantize
 from .gptq import (WEIGHT_METHODS, WeightGrid, group_qparams, gptq_quantize, quantize_weights, rtn_quantize,
                    weight_only_bytes, weight_only_state, weight_only_weights)
+from .awq import awq_quantize_weights, awq_scales
+from .kernels import Int4WeightLinear, Int8WeightLinear, to_weight_kernels
 from .int8 import Int8Layer, dynamic_int8, to_int8
 from .integer import IntegerLinear, fixed_point_multiplier, requantize
 from .model import (activation_quantizers, apply_binary, apply_binary_, apply_fake_quant, apply_fake_quant_,
@@ -43,4 +49,5 @@ __all__ = [
     "group_qparams", "WeightGrid", "rtn_quantize", "gptq_quantize", "WEIGHT_METHODS", "quantize_weights",
     "weight_only_state", "weight_only_bytes", "weight_only_weights",
     "smoothing_scales", "SmoothedLinear", "smooth_linear", "apply_smoothing",
+    "awq_scales", "awq_quantize_weights", "Int8WeightLinear", "Int4WeightLinear", "to_weight_kernels",
 ]

@@ -10,6 +10,11 @@
   encoder deployed with ONNX Runtime;
 - :mod:`.student`: :func:`encoder_student`, 3-layer students distilled from the model on
   unlabeled sentences (:func:`distill_encoder`), shipped in float16;
+- :mod:`.charlm`: the character-level GPT of the generative chapter: :class:`CharVocab`,
+  :func:`lm_loss` (nats per character), :func:`train_gpt` (from the text, or distilled on a
+  teacher's logits) and :func:`load_gpt`, the trained models from the store;
+- :mod:`.decoding`: :class:`KVCache` (float32 or quantized keys and values), :func:`generate`
+  (greedy or sampled, with or without the cache) and :func:`speculative_generate`;
 - :mod:`.harness`: :func:`flops_per_sentence` at the lengths of real sentences and
   :func:`profile_encoders`, the harness's profile of sentence encoders compared with each other.
 
@@ -19,8 +24,11 @@ References: cer2017semeval, reimers2019sentence, wang2020minilm
 from .encoder import (MINILM_MAX_LENGTH, MINILM_SHA256, SentenceEncoder, TokenizedPairs, encode, length_batches,
                       load_minilm, minilm_path, padded_tokens, similarities, spearman, sts_spearman, tokenize,
                       tokenize_pairs)
+from .charlm import (GPTS, CharVocab, GPTRecipe, gpt_checkpoint, gpt_filename, lm_batch, lm_loss, load_gpt,
+                     make_gpt, shakespeare_ids, train_gpt)
+from .decoding import KVCache, SpeculativeStats, generate, speculative_accept, speculative_generate
 from .deploy import OnnxEncoder, export_onnx, quantize_onnx
-from .harness import flops_per_sentence, profile_encoders, timing_sentences
+from .harness import flops_per_sentence, flops_per_token, profile_encoders, profile_gpts, timing_sentences
 from .shakespeare import (SHAKESPEARE_SHA256, SHAKESPEARE_URLS, load_tinyshakespeare, shakespeare_lines,
                           shakespeare_split)
 from .stsb import STSB, STSB_FILES, STSB_MIRRORS, STSPairs, load_stsb, read_sts
@@ -32,8 +40,11 @@ __all__ = [
     "SHAKESPEARE_SHA256", "SHAKESPEARE_URLS", "load_tinyshakespeare", "shakespeare_split", "shakespeare_lines",
     "MINILM_SHA256", "MINILM_MAX_LENGTH", "minilm_path", "SentenceEncoder", "load_minilm", "tokenize",
     "TokenizedPairs", "tokenize_pairs", "encode", "length_batches", "padded_tokens", "similarities", "spearman", "sts_spearman",
-    "flops_per_sentence", "timing_sentences", "profile_encoders",
+    "flops_per_sentence", "timing_sentences", "profile_encoders", "flops_per_token", "profile_gpts",
     "export_onnx", "quantize_onnx", "OnnxEncoder",
     "StudentRecipe", "STUDENTS", "distill_encoder", "student_filename", "student_checkpoint", "make_student",
     "encoder_student",
+    "CharVocab", "shakespeare_ids", "lm_batch", "lm_loss", "GPTRecipe", "GPTS", "train_gpt", "gpt_filename", "make_gpt",
+    "gpt_checkpoint", "load_gpt",
+    "KVCache", "generate", "speculative_accept", "speculative_generate", "SpeculativeStats",
 ]

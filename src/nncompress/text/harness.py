@@ -1,4 +1,5 @@
-"""The harness's profile of sentence encoders: FLOPs at real lengths, latency on real sentences.
+"""The harness's profile of sentence encoders (FLOPs at real lengths, latency on real sentences) and of
+language models (loss, FLOPs per token, time per generated token).
 
 References: blalock2020state, hoefler2015scientific
 """
@@ -18,7 +19,7 @@ from ..tables import Profile
 from ..timing import measure_latencies, per_input_latencies
 from .encoder import TokenizedPairs, _lengths, sts_spearman
 
-__all__ = ["flops_per_sentence", "timing_sentences", "profile_encoders"]
+__all__ = ["flops_per_sentence", "timing_sentences", "profile_encoders", "flops_per_token", "profile_gpts"]
 
 
 def flops_per_sentence(encoder: nn.Module, ids: torch.Tensor, pad_id: int = 0) -> float:
@@ -182,4 +183,87 @@ def profile_encoders(
                                         inputs=timing_sentences(pairs.ids, b, seed))
         for p, name in zip(profiles, encoders):
             p.latency[b] = seconds[name]
+    return profiles
+
+
+def flops_per_token(model: nn.Module, context: int) -> float:
+    """FLOPs per token of running ``model`` on a whole window of ``context`` tokens (training or
+    scoring text, or a prefill), counted by :func:`nncompress.measure.count_flops`.
+
+    Parameters
+    ----------
+    model
+        A :class:`nncompress.models.GPT` (or any model over ``(1, context)`` token ids).
+    context
+        Tokens in the window (an int >= 1, at most the model's ``block_size``).
+
+    Returns
+    -------
+    float
+        FLOPs of the window divided by ``context``: two per weight of every Linear layer, plus
+        attention's ``4 * width * context`` per layer (the causal mask's half included, as
+        torch's attention computes it).
+    """
+    validate.module(model)
+    context = validate.integer(context, "context", 1, getattr(getattr(model, "config", None), "block_size", None))
+    return count_flops(model, inputs=torch.zeros(1, context, dtype=torch.long)) / context
+
+
+def profile_gpts(models: Mapping[str, nn.Module], val: torch.Tensor, prompt: torch.Tensor, new_tokens: int = 64,
+                 threads: int = 1, rounds: int = 3, nbytes: Mapping[str, int] | None = None,
+                 scores: Mapping[str, float] | None = None, context: int | None = None) -> list[Profile]:
+    """The harness's profile of language models, compared with each other (timed in turns).
+
+    For each model: the validation loss (nats per token, :func:`nncompress.text.lm_loss`),
+    parameters, non-zeros, serialized bytes, FLOPs per token over a full window
+    (:func:`flops_per_token`) and, as ``latency[1]``, the seconds per new token of greedy
+    decoding with the key-value cache at batch 1, after ``prompt`` (:func:`nncompress.text.generate`).
+
+    Parameters
+    ----------
+    models
+        Names mapped to :class:`nncompress.models.GPT` (or models with the same interface).
+    val
+        1-D validation token ids.
+    prompt
+        1-D token ids the timed generation starts from.
+    new_tokens
+        Tokens generated per timed call.
+    threads, rounds
+        As :func:`nncompress.measure.calls_in_turns`.
+    nbytes, scores
+        Names mapped to a custom size in bytes, or to an already measured loss.
+    context
+        The window of the FLOP count (default: the first model's ``block_size``).
+
+    Returns
+    -------
+    list of Profile
+        One per model, with ``metric="loss"`` (lower is better).
+
+    References
+    ----------
+    blalock2020state, hoefler2015scientific
+    """
+    from ..timing import calls_in_turns
+    from .charlm import lm_loss
+    from .decoding import generate
+
+    validate.mapping(models, "models")
+    if not models:
+        raise ValueError("models must hold at least one model")
+    nbytes, scores = dict(nbytes or {}), dict(scores or {})
+    for name, model in models.items():
+        validate.module(model, f"models[{name!r}]").eval()
+    context = context or next(iter(models.values())).config.block_size
+    profiles = [Profile(name=name, accuracy=None, params=count_params(m), nonzeros=count_nonzeros(m),
+                        bytes=nbytes[name] if name in nbytes else serialized_bytes(m),
+                        flops=round(flops_per_token(m, context)), threads=threads,
+                        bytes_source="custom" if name in nbytes else "state_dict", metric="loss",
+                        score=scores[name] if name in scores else lm_loss(m, val))
+                for name, m in models.items()]
+    seconds = calls_in_turns({name: (lambda m=m: generate(m, prompt, new_tokens)) for name, m in models.items()},
+                             threads, rounds)
+    for p in profiles:
+        p.latency[1] = seconds[p.name] / new_tokens
     return profiles
