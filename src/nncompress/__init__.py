@@ -1,11 +1,12 @@
 """nncompress: reference implementations for the book *Compressing Neural Networks*.
 
 Importing the package has no side effects: it sets no seeds, styles or warning filters.
-The shared parts are ``data``, ``models``, ``train``, ``store``, ``layers``, ``parametrizations``,
-``validate``, ``measure`` (with ``flops``, ``timing`` and ``tables``), ``calibration``, ``budget``,
-``coding``, ``fileformat`` and ``plotting``; each technique family has its own module or
+The shared parts are ``data``, ``models`` (with ``gpt``), ``train``, ``store``, ``layers``,
+``parametrizations``, ``validate``, ``measure`` (with ``flops``, ``timing`` and ``tables``),
+``calibration``, ``budget``, ``coding``, ``fileformat`` and ``plotting``; each technique family has its own module or
 subpackage: ``pruning``, ``quantization``, ``lowrank``, ``distillation``, ``sharing``, ``dynamic``
-and ``practice``; ``text`` holds sentence encoders on STS-B (Part III).
+and ``practice``; ``text`` holds sentence encoders on STS-B and the character-level GPT on Tiny
+Shakespeare (Part III).
 """
 
 from . import (budget, calibration, coding, data, distillation, dynamic, fileformat, layers, lowrank, measure, models,
