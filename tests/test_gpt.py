@@ -259,3 +259,18 @@ def test_flops_per_token_and_the_profile():
     assert profiles[0].shortfall == profiles[0].score  # lower loss is better
     with pytest.raises(ValueError, match="models"):
         text.profile_gpts({}, ids, ids[:4])
+
+
+def test_shipped_draft_and_exact_speculative_decoding():
+    """The distilled one-layer draft: its record, and speculative decoding with it returns exactly
+    the baseline's greedy tokens."""
+    checkpoint = text.gpt_checkpoint("shakespeare_draft")
+    assert checkpoint["recipe"] == dataclasses.asdict(text.GPTS["shakespeare_draft"])
+    vocab, _, val = text.shakespeare_ids()
+    target, draft = text.load_gpt(), text.load_gpt("shakespeare_draft")
+    assert text.lm_loss(draft, val) == pytest.approx(checkpoint["val_loss"], abs=1e-4)
+    assert text.gpt_checkpoint()["val_loss"] < checkpoint["val_loss"] < 2.0
+    assert len(draft.blocks) == 1 and draft.config.n_embd == target.config.n_embd
+    prompt = val[:32]
+    tokens, stats = speculative_generate(target, draft, prompt, 120, k=3)
+    assert torch.equal(tokens, text.generate(target, prompt, 120)) and stats.acceptance > 0.3
