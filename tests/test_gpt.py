@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from nncompress import text
 from nncompress.calibration import one_thread
-from nncompress.models import GPT, GPTConfig, gpt_heads, gpt_layers
+from nncompress.models import GPT, GPTConfig, gpt_blocks, gpt_heads, gpt_layers
 from nncompress.text.decoding import KVCache, speculative_accept, speculative_generate
 
 
@@ -84,6 +84,8 @@ def test_structure_parameters_and_layer_names():
     d, v, t, layers = 16, 11, 32, 2
     assert sum(p.numel() for p in model.parameters()) == v * d + t * d + layers * (12 * d * d + 13 * d) + 2 * d + d * v
     assert gpt_layers(model)[:2] == ["blocks.0.attn.q", "blocks.0.attn.k"] and len(gpt_layers(model)) == 12
+    assert [name for block in gpt_blocks(model) for name in block] == gpt_layers(model)
+    assert [len(block) for block in gpt_blocks(model)] == [6, 6] and gpt_blocks(model)[1][0] == "blocks.1.attn.q"
     heads = gpt_heads(model)
     assert [(h.count, h.size, h.output) for h in heads] == [(2, 8, "blocks.0.attn.proj"), (2, 8, "blocks.1.attn.proj")]
     tied = tiny(tie_weights=True)
@@ -156,6 +158,19 @@ def test_speculative_greedy_is_exactly_greedy():
         speculative_generate(target, draft, prompt, 27, k=3)
 
 
+def test_greedy_acceptance_is_the_acceptance_rule_on_one_hot_distributions():
+    from nncompress.text.decoding import _greedy_accept
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        k = 1 + trial % 4
+        logits = torch.randn(k + 1, 5, generator=g)
+        drafted = torch.where(torch.rand(k, generator=g) < 0.6, logits[:k].argmax(-1), torch.randint(5, (k,), generator=g))
+        one_hot = F.one_hot(logits.argmax(-1), 5).float()
+        expected = speculative_accept(one_hot, F.one_hot(drafted, 5).float(), drafted, torch.Generator().manual_seed(trial))
+        assert _greedy_accept(logits, drafted.tolist()) == expected
+
+
 def chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
     from scipy.stats import chisquare
 
@@ -221,6 +236,33 @@ def test_lm_batch_and_lm_loss():
     assert text.lm_loss(model, ids, cache_factory=lambda: KVCache(8)) == pytest.approx(manual, rel=1e-2)
 
 
+def test_lm_calibration():
+    ids = torch.arange(1000) % 11
+    batches = text.lm_calibration(ids, windows=10, block_size=32, batch_size=4, seed=3)
+    assert [tuple(b.shape) for b in batches] == [(4, 32), (4, 32), (2, 32)]
+    x, _ = text.lm_batch(ids, 10, 32, torch.Generator().manual_seed(3))
+    assert torch.equal(torch.cat(batches), x)  # the same windows as lm_batch draws
+    with pytest.raises(ValueError, match="batch_size"):
+        text.lm_calibration(ids, batch_size=0)
+
+
+def test_training_on_from_a_pruned_model_keeps_its_zeros():
+    from nncompress import pruning
+
+    ids = torch.arange(3000) % 11
+    start = pruning.prune_oneshot(tiny(), text.lm_calibration(ids, 8, 32), "sparsegpt", 0.75,
+                                  layers=gpt_layers(tiny()), groups=gpt_blocks(tiny()))
+    recipe = text.GPTRecipe(n_layer=2, n_head=2, n_embd=16, block_size=32, steps=6, batch_size=4, warmup=2, eval_every=3)
+    model, history = text.train_gpt(recipe, ids[:2000], ids[2000:], vocab_size=11, init=start)
+    assert history["step"] == [0, 3, 6] and math.isnan(history["train_loss"][0])
+    assert history["val_loss"][0] == pytest.approx(text.lm_loss(start, ids[2000:]))
+    assert pruning.layer_sparsity(model, gpt_layers(model)) == {name: 0.75 for name in gpt_layers(model)}
+    changed = [not torch.equal(a, b) for a, b in zip(model.state_dict().values(), start.state_dict().values())]
+    assert any(changed) and pruning.masks_of(start)  # trained a copy; the start keeps its masks
+    with pytest.raises(TypeError, match="init"):
+        text.train_gpt(recipe, ids[:2000], ids[2000:], vocab_size=11, init=torch.nn.Linear(2, 2))
+
+
 def test_shipped_gpt():
     checkpoint = text.gpt_checkpoint()
     assert checkpoint["recipe"] == dataclasses.asdict(text.GPTS["shakespeare_gpt"])
@@ -231,6 +273,23 @@ def test_shipped_gpt():
     vocab, _, val = text.shakespeare_ids()
     assert vocab.chars == checkpoint["chars"] and len(vocab) == 65
     assert text.lm_loss(text.load_gpt(), val) == pytest.approx(checkpoint["val_loss"], abs=1e-4)
+
+
+def test_shipped_sparse_gpt():
+    """SparseGPT at 80 %, fine-tuned: its record, its zeros, and a curve that starts at the
+    one-shot model and ends within a tenth of a nat of the float model."""
+    from nncompress import pruning
+
+    checkpoint = text.gpt_checkpoint("shakespeare_sparse80")
+    recipe = text.GPTS["shakespeare_sparse80"]
+    assert checkpoint["recipe"] == dataclasses.asdict(recipe) and recipe.sparsity == 0.8
+    model = text.load_gpt("shakespeare_sparse80")
+    assert all(abs(s - 0.8) < 1e-3 for s in pruning.layer_sparsity(model, gpt_layers(model)).values())
+    _, _, val = text.shakespeare_ids()
+    assert text.lm_loss(model, val) == pytest.approx(checkpoint["val_loss"], abs=1e-4)
+    base, curve = text.gpt_checkpoint()["val_loss"], checkpoint["history"]["val_loss"]
+    assert checkpoint["history"]["step"][0] == 0 and curve[0] > base + 0.3 and checkpoint["val_loss"] < base + 0.1
+    assert checkpoint["train_seconds"] < 15 * 60
 
 
 def test_retraining_reproduces_the_start_of_the_curve():
@@ -271,6 +330,9 @@ def test_shipped_draft_and_exact_speculative_decoding():
     assert text.lm_loss(draft, val) == pytest.approx(checkpoint["val_loss"], abs=1e-4)
     assert text.gpt_checkpoint()["val_loss"] < checkpoint["val_loss"] < 2.0
     assert len(draft.blocks) == 1 and draft.config.n_embd == target.config.n_embd
+    alone = text.gpt_checkpoint("shakespeare_1layer")  # the same student from the text alone: worse
+    assert alone["recipe"] == dataclasses.asdict(text.GPTS["shakespeare_1layer"])
+    assert alone["recipe"]["steps"] == checkpoint["recipe"]["steps"] and alone["val_loss"] > checkpoint["val_loss"] + 0.02
     prompt = val[:32]
     tokens, stats = speculative_generate(target, draft, prompt, 120, k=3)
     assert torch.equal(tokens, text.generate(target, prompt, 120)) and stats.acceptance > 0.3

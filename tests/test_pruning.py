@@ -452,6 +452,16 @@ def test_sparse_linear_matches_the_dense_layer(sparsity):
         pruning.SparseLinear.from_dense(nn.Conv2d(1, 1, 3))
 
 
+def test_sparse_linear_stores_the_csr_arrays_and_nothing_more():
+    layer = pruning.prune_magnitude(nn.Linear(256, 256, bias=False), 0.8).eval()
+    sparse = pruning.to_sparse(layer)
+    kept = int(torch.count_nonzero(layer.weight))
+    # a 32-bit value and a 64-bit column index per kept weight, and 257 64-bit row offsets
+    arrays = kept * (4 + 8) + 257 * 8
+    assert arrays <= measure.serialized_bytes(sparse) < arrays + 4_000  # + torch.save's own headers
+    assert measure.serialized_bytes(sparse) < 0.65 * measure.serialized_bytes(nn.Linear(256, 256, bias=False))
+
+
 def test_sparse_linear_takes_a_transformers_token_batches():
     layer = pruning.prune_magnitude(nn.Linear(16, 8), 0.7).eval()
     sparse = pruning.to_sparse(layer)

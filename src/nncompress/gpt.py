@@ -2,7 +2,7 @@
 
 Re-exported by :mod:`nncompress.models`, the registry of the book's networks. The query, key,
 value and output projections are separate ``nn.Linear`` layers, so that every technique of the
-package selects them by name (:func:`gpt_layers`, :func:`gpt_heads`). A test checks that the
+package selects them by name (:func:`gpt_layers`, :func:`gpt_blocks`, :func:`gpt_heads`). A test checks that the
 model computes what Hugging Face's GPT-2 computes with the same weights.
 
 References: radford2019language, karpathy2022nanogpt, vaswani2017attention
@@ -19,7 +19,7 @@ from torch import nn
 from . import validate
 from .layers import Heads
 
-__all__ = ["GPTConfig", "CausalSelfAttention", "GPTBlock", "GPT", "gpt_layers", "gpt_heads"]
+__all__ = ["GPTConfig", "CausalSelfAttention", "GPTBlock", "GPT", "gpt_layers", "gpt_blocks", "gpt_heads"]
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -187,6 +187,26 @@ def gpt_layers(model: GPT) -> list[str]:
         raise TypeError(f"model must be a GPT, got {type(model).__name__}")
     return [f"blocks.{i}.{m}" for i in range(len(model.blocks))
             for m in ("attn.q", "attn.k", "attn.v", "attn.proj", "mlp.fc", "mlp.proj")]
+
+
+def gpt_blocks(model: GPT) -> list[list[str]]:
+    """:func:`gpt_layers` grouped by block, in order: the ``groups`` of the one-shot methods.
+
+    GPTQ, SparseGPT and Wanda calibrate each block on the outputs of the blocks already
+    compressed (:func:`nncompress.calibration.layerwise_`).
+
+    Parameters
+    ----------
+    model
+        A :class:`GPT`.
+
+    Returns
+    -------
+    list of list of str
+        One list of six layer names per block.
+    """
+    layers = gpt_layers(model)
+    return [layers[i:i + 6] for i in range(0, len(layers), 6)]
 
 
 def gpt_heads(model: GPT) -> list[Heads]:

@@ -26,7 +26,7 @@ from .layers import Coupling, Heads
 __all__ = ["MLP", "LeNet5", "lenet_300_100", "lenet5", "hinton_teacher", "hinton_student", "hinton_tiny",
            "lenet5_thin", "MODELS", "build", "couplings", "as_sequential", "bert_layers", "bert_heads",
            "bert_couplings", "bert_keep_layers", "GPTConfig", "GPT", "GPTBlock", "CausalSelfAttention",
-           "gpt_layers", "gpt_heads"]
+           "gpt_layers", "gpt_blocks", "gpt_heads"]
 
 
 class MLP(nn.Module):
@@ -455,4 +455,4 @@ def bert_keep_layers(model: nn.Module, keep) -> nn.Module:
 
 
 # The generative chapter's GPT lives in its own module; it belongs to this registry of models.
-from .gpt import GPT, CausalSelfAttention, GPTBlock, GPTConfig, gpt_heads, gpt_layers  # noqa: E402
+from .gpt import GPT, CausalSelfAttention, GPTBlock, GPTConfig, gpt_blocks, gpt_heads, gpt_layers  # noqa: E402

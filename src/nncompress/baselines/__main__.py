@@ -8,7 +8,8 @@ one per recipe and seed: ``python -m nncompress.baselines lenet5_thin --distille
 The distilled sentence encoder of the transformer chapter (:func:`nncompress.text.make_student`,
 about half an hour on two cores): ``python -m nncompress.baselines minilm_l3``. The character-level
 GPT of the generative chapter and its draft model (:func:`nncompress.text.make_gpt`):
-``python -m nncompress.baselines shakespeare_gpt``, then ``shakespeare_draft``.
+``python -m nncompress.baselines shakespeare_gpt``, then ``shakespeare_draft``, ``shakespeare_1layer`` and
+``shakespeare_sparse80``.
 
 This is the script that produced the checkpoints shipped in this folder; the test suite retrains
 a baseline, a pruned model and a distilled student with the same functions and checks that the

@@ -50,7 +50,12 @@ class SparseLinear(nn.Module):
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
         with warnings.catch_warnings():  # CSR support is flagged as beta; the numbers are tested
             warnings.simplefilter("ignore", UserWarning)
-            self.weight = nn.Parameter(weight.detach().to_sparse_csr(), requires_grad=False)  # (out, in)
+            csr = weight.detach().to_sparse_csr()
+            # copied into arrays of exactly their length: to_sparse_csr over-allocates the column
+            # indices' storage, and torch.save writes whole storages
+            csr = torch.sparse_csr_tensor(csr.crow_indices().clone(), csr.col_indices().clone(), csr.values().clone(),
+                                          csr.shape)
+            self.weight = nn.Parameter(csr, requires_grad=False)  # (out, in)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
 

@@ -24,8 +24,8 @@ References: cer2017semeval, reimers2019sentence, wang2020minilm
 from .encoder import (MINILM_MAX_LENGTH, MINILM_SHA256, SentenceEncoder, TokenizedPairs, encode, length_batches,
                       load_minilm, minilm_path, padded_tokens, similarities, spearman, sts_spearman, tokenize,
                       tokenize_pairs)
-from .charlm import (GPTS, CharVocab, GPTRecipe, gpt_checkpoint, gpt_filename, lm_batch, lm_loss, load_gpt,
-                     make_gpt, shakespeare_ids, train_gpt)
+from .charlm import (GPTS, CharVocab, GPTRecipe, PrunedGPTRecipe, gpt_checkpoint, gpt_filename, lm_batch,
+                     lm_calibration, lm_loss, load_gpt, make_gpt, shakespeare_ids, train_gpt)
 from .decoding import KVCache, SpeculativeStats, generate, speculative_accept, speculative_generate
 from .deploy import OnnxEncoder, export_onnx, quantize_onnx
 from .harness import flops_per_sentence, flops_per_token, profile_encoders, profile_gpts, timing_sentences
@@ -44,7 +44,7 @@ __all__ = [
     "export_onnx", "quantize_onnx", "OnnxEncoder",
     "StudentRecipe", "STUDENTS", "distill_encoder", "student_filename", "student_checkpoint", "make_student",
     "encoder_student",
-    "CharVocab", "shakespeare_ids", "lm_batch", "lm_loss", "GPTRecipe", "GPTS", "train_gpt", "gpt_filename", "make_gpt",
-    "gpt_checkpoint", "load_gpt",
+    "CharVocab", "shakespeare_ids", "lm_batch", "lm_calibration", "lm_loss", "GPTRecipe", "PrunedGPTRecipe", "GPTS",
+    "train_gpt", "gpt_filename", "make_gpt", "gpt_checkpoint", "load_gpt",
     "KVCache", "generate", "speculative_accept", "speculative_generate", "SpeculativeStats",
 ]

@@ -5,14 +5,18 @@ encoded one character per token (65 distinct characters). :func:`lm_loss` is the
 in nats per character over the whole validation part, read in consecutive windows of the
 model's context: deterministic, unlike a loss estimated on random windows. :func:`train_gpt`
 trains with AdamW, a linear warm-up and a cosine decay (nanoGPT's recipe for this corpus), from
-scratch or distilled on a teacher's logits; :func:`make_gpt` writes a checkpoint, shipped in
-float16 and evaluated as stored, and :func:`load_gpt` returns the model.
+scratch, distilled on a teacher's logits, or on from a given model (a pruned one keeps its masks);
+:func:`make_gpt` writes a checkpoint, shipped in float16 and evaluated as stored, and
+:func:`load_gpt` returns the model. A :class:`PrunedGPTRecipe` makes a model by pruning another
+one shot (:func:`nncompress.pruning.prune_oneshot`) and fine-tuning the survivors.
 
-References: karpathy2022nanogpt, radford2019language, hinton2015distilling, kim2016sequence
+References: karpathy2022nanogpt, radford2019language, hinton2015distilling, kim2016sequence,
+frantar2023sparsegpt
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -23,11 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from .. import validate
+from ..parametrizations import bake_
 from ..models import GPT, GPTConfig
 from .shakespeare import load_tinyshakespeare, shakespeare_split
 
-__all__ = ["CharVocab", "shakespeare_ids", "lm_batch", "lm_loss", "GPTRecipe", "GPTS", "train_gpt", "gpt_filename",
-           "make_gpt", "gpt_checkpoint", "load_gpt"]
+__all__ = ["CharVocab", "shakespeare_ids", "lm_batch", "lm_calibration", "lm_loss", "GPTRecipe", "PrunedGPTRecipe", "GPTS",
+           "train_gpt", "gpt_filename", "make_gpt", "gpt_checkpoint", "load_gpt"]
 
 
 @dataclass(frozen=True)
@@ -114,8 +119,33 @@ def lm_batch(ids: torch.Tensor, batch_size: int, block_size: int, generator: tor
     return ids[starts[:, None] + offsets], ids[starts[:, None] + offsets + 1]
 
 
+def lm_calibration(ids: torch.Tensor, windows: int = 64, block_size: int = 256, batch_size: int = 16,
+                   seed: int = 0) -> list[torch.Tensor]:
+    """Calibration text for the one-shot methods: ``windows`` random windows of ``ids``, in batches.
+
+    Parameters
+    ----------
+    ids
+        1-D token ids (the training part: calibration never reads validation text).
+    windows, block_size
+        How many windows, of how many tokens (ints >= 1).
+    batch_size
+        Windows per batch (the last batch may be shorter).
+    seed
+        Seeds the windows' starts.
+
+    Returns
+    -------
+    list of Tensor
+        Batches of shape ``(batch_size, block_size)``, one forward pass each.
+    """
+    batch_size = validate.integer(batch_size, "batch_size", 1)
+    x, _ = lm_batch(ids, windows, block_size, torch.Generator().manual_seed(validate.integer(seed, "seed", 0)))
+    return list(x.split(batch_size))
+
+
 @torch.no_grad()
-def lm_loss(model: torch.nn.Module, ids: torch.Tensor, block_size: int | None = None, batch_size: int = 32,
+def lm_loss(model: torch.nn.Module, ids: torch.Tensor, block_size: int | None = None, batch_size: int = 8,
             cache_factory: Callable[[], object] | None = None) -> float:
     """The mean next-token loss (nats per token) of ``model`` over all of ``ids``.
 
@@ -212,11 +242,48 @@ class GPTRecipe:
                          n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout)
 
 
+@dataclass(frozen=True)
+class PrunedGPTRecipe:
+    """How a pruned GPT is made: another GPT of :data:`GPTS`, pruned one shot, then fine-tuned.
+
+    Attributes
+    ----------
+    base
+        The name of the recipe in :data:`GPTS` whose model is pruned.
+    method, sparsity, n, m
+        The one-shot pruning of every matrix of the blocks (:func:`nncompress.pruning.prune_oneshot`
+        on :func:`nncompress.models.gpt_layers`, block after block).
+    calibration
+        Windows of training text it calibrates on (:func:`lm_calibration`, seeded by the seed).
+    finetune
+        The fine-tune: the base's shape and the schedule; the masks keep the pruned weights at zero.
+    """
+
+    base: str
+    method: str
+    finetune: GPTRecipe
+    sparsity: float = 0.5
+    n: int | None = None
+    m: int | None = None
+    calibration: int = 64
+
+    def config(self, vocab_size: int = 65) -> GPTConfig:
+        """The model's :class:`GPTConfig` (the base's)."""
+        return self.finetune.config(vocab_size)
+
+
 # "shakespeare_gpt": the chapter's model, about 30 minutes on two cores. "shakespeare_draft": a
-# one-layer student distilled on its logits, the draft model of speculative decoding.
+# one-layer student distilled on its logits, the draft model of speculative decoding;
+# "shakespeare_1layer": the same student trained on the text alone (what distillation adds).
+# "shakespeare_sparse80": shakespeare_gpt with 80 % of each matrix pruned by SparseGPT, fine-tuned.
 GPTS = {"shakespeare_gpt": GPTRecipe(n_layer=4, n_head=4, n_embd=256),
         "shakespeare_draft": GPTRecipe(n_layer=1, n_head=4, n_embd=256, steps=1500, teacher="shakespeare_gpt",
-                                       kd_weight=0.9)}
+                                       kd_weight=0.9),
+        "shakespeare_1layer": GPTRecipe(n_layer=1, n_head=4, n_embd=256, steps=1500),
+        "shakespeare_sparse80": PrunedGPTRecipe(
+            "shakespeare_gpt", "sparsegpt", sparsity=0.8, calibration=32,
+            finetune=GPTRecipe(n_layer=4, n_head=4, n_embd=256, steps=400, lr=3e-4, min_lr=3e-5, warmup=20,
+                               eval_every=50))}
 
 
 def _lr(recipe: GPTRecipe, step: int) -> float:
@@ -246,7 +313,8 @@ def _step_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, recipe: GPTRecipe, 
 
 
 def train_gpt(recipe: GPTRecipe, train: torch.Tensor, val: torch.Tensor, vocab_size: int = 65, seed: int = 0,
-              teacher: GPT | None = None, steps: int | None = None, progress: bool = False) -> tuple[GPT, dict]:
+              teacher: GPT | None = None, steps: int | None = None, progress: bool = False,
+              init: GPT | None = None) -> tuple[GPT, dict]:
     """Train a GPT on token ids ``train``, measuring the loss on ``val`` as it goes.
 
     Parameters
@@ -266,6 +334,9 @@ def train_gpt(recipe: GPTRecipe, train: torch.Tensor, val: torch.Tensor, vocab_s
         that checks the start of the curve), or None for all.
     progress
         Print the losses at each measurement.
+    init
+        Train a copy of this GPT (left untouched; parametrizations such as pruning masks are kept)
+        instead of a fresh one; the history then starts with its loss at step 0.
 
     Returns
     -------
@@ -280,12 +351,19 @@ def train_gpt(recipe: GPTRecipe, train: torch.Tensor, val: torch.Tensor, vocab_s
     if recipe.kd_weight > 0 and not isinstance(teacher, GPT):
         raise ValueError("a distilled recipe (kd_weight > 0) needs its teacher GPT")
     steps = recipe.steps if steps is None else validate.integer(steps, "steps", 1, recipe.steps)
+    if init is not None and not isinstance(init, GPT):
+        raise TypeError(f"init must be a GPT or None, got {type(init).__name__}")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = GPT(recipe.config(vocab_size))
+    model = GPT(recipe.config(vocab_size)) if init is None else copy.deepcopy(init)
     optimizer = _optimizer(model, recipe)
     history, running = {"step": [], "seconds": [], "train_loss": [], "val_loss": []}, []
     start = time.perf_counter()
+    if init is not None:
+        history["step"].append(0)
+        history["seconds"].append(0.0)
+        history["train_loss"].append(float("nan"))
+        history["val_loss"].append(lm_loss(model, val))
     for step in range(steps):
         model.train()
         for group in optimizer.param_groups:
@@ -327,10 +405,22 @@ def gpt_filename(name: str, seed: int = 0) -> str:
     return f"{name}-seed{validate.integer(seed, 'seed', 0)}.pt"
 
 
+def _pruned(recipe: PrunedGPTRecipe, train: torch.Tensor, seed: int) -> GPT:
+    from ..models import gpt_blocks, gpt_layers
+    from ..pruning import prune_oneshot
+
+    base = load_gpt(recipe.base, seed)
+    calibration = lm_calibration(train, recipe.calibration, recipe.finetune.block_size, seed=seed)
+    return prune_oneshot(base, calibration, recipe.method, recipe.sparsity, recipe.n, recipe.m, gpt_layers(base),
+                         gpt_blocks(base))
+
+
 def make_gpt(name: str = "shakespeare_gpt", seed: int = 0, progress: bool = False) -> dict:
     """Train GPT ``name`` on Tiny Shakespeare: its checkpoint.
 
-    The checkpoint holds the weights in float16, the recipe, the loss curve, the validation loss
+    A :class:`PrunedGPTRecipe` prunes its base one shot and fine-tunes the survivors; its history
+    starts at step 0 with the pruned model's loss. The checkpoint holds the weights in float16
+    (pruned weights as zeros), the recipe, the loss curve, the validation loss
     of the model as stored (float16 values, computed in float32), the training time and the
     number of threads.
 
@@ -350,9 +440,14 @@ def make_gpt(name: str = "shakespeare_gpt", seed: int = 0, progress: bool = Fals
     """
     recipe = GPTS[validate.choice(name, "name", GPTS)]
     vocab, train, val = shakespeare_ids()
-    teacher = load_gpt(recipe.teacher, seed) if recipe.teacher else None
     start = time.perf_counter()
-    model, history = train_gpt(recipe, train, val, len(vocab), seed, teacher, progress=progress)
+    if isinstance(recipe, PrunedGPTRecipe):
+        model, history = train_gpt(recipe.finetune, train, val, len(vocab), seed, progress=progress,
+                                   init=_pruned(recipe, train, seed))
+        bake_(model)  # the masks' zeros become plain weights
+    else:
+        teacher = load_gpt(recipe.teacher, seed) if recipe.teacher else None
+        model, history = train_gpt(recipe, train, val, len(vocab), seed, teacher, progress=progress)
     seconds = time.perf_counter() - start
     state = {k: v.detach().to(torch.float16).clone() for k, v in model.state_dict().items()}
     model.load_state_dict({k: v.float() for k, v in state.items()})

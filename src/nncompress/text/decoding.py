@@ -242,16 +242,31 @@ def _distributions(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def _draft(draft: nn.Module, cache: KVCache, tokens: list, k: int, temperature: float, generator
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``k`` tokens drafted after ``tokens`` (the cache holds a prefix of them) and their distributions."""
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``k`` tokens drafted after ``tokens`` (the cache holds a prefix of them) and their
+    distributions (None when greedy: the distributions are one-hot at the tokens)."""
     step, drafted, probs = torch.tensor([tokens[cache.length():]]), [], []
     for _ in range(k):
-        q = _distributions(draft(step, cache)[0, -1], temperature)
-        token = torch.multinomial(q, 1, generator=generator)
+        logits = draft(step, cache)[0, -1]
+        if temperature == 0:
+            token = logits.argmax().view(1)
+        else:
+            q = _distributions(logits, temperature)
+            token = torch.multinomial(q, 1, generator=generator)
+            probs.append(q)
         drafted.append(token)
-        probs.append(q)
         step = token.view(1, 1)
-    return torch.cat(drafted), torch.stack(probs)
+    return torch.cat(drafted), torch.stack(probs) if probs else None
+
+
+def _greedy_accept(target_logits: torch.Tensor, drafted: list[int]) -> list[int]:
+    """:func:`speculative_accept` for one-hot distributions: the drafted tokens while they are the
+    target's argmax, then the target's argmax."""
+    best = target_logits.argmax(-1).tolist()
+    n = 0
+    while n < len(drafted) and drafted[n] == best[n]:
+        n += 1
+    return drafted[:n] + [best[n]]
 
 
 @torch.no_grad()
@@ -298,8 +313,11 @@ def speculative_generate(target: nn.Module, draft: nn.Module, prompt: torch.Tens
     while len(tokens) - len(prompt) < new_tokens:
         drafted, q = _draft(draft, draft_cache, tokens, k, temperature, generator)
         fed = torch.tensor([tokens[target_cache.length():] + drafted.tolist()])
-        p = _distributions(target(fed, target_cache)[0, -(k + 1):], temperature)
-        emitted = speculative_accept(p, q, drafted, generator)
+        logits = target(fed, target_cache)[0, -(k + 1):]
+        if temperature == 0:
+            emitted = _greedy_accept(logits, drafted.tolist())
+        else:
+            emitted = speculative_accept(_distributions(logits, temperature), q, drafted, generator)
         stats.target_calls, stats.drafted, stats.accepted = stats.target_calls + 1, stats.drafted + k, \
             stats.accepted + len(emitted) - 1
         stats.accepted_per_call.append(len(emitted) - 1)
