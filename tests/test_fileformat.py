@@ -3,14 +3,16 @@ written, Huffman coding and sparsity shrink it, and damaged files are refused.""
 
 import copy
 import hashlib
+import json
 import struct
+import zlib
 
 import pytest
 import torch
 from torch import nn
 
 from nncompress import coding, measure, parametrizations, pruning
-from nncompress.fileformat import MAGIC, VERSION, CorruptFileError, code_streams, file_bytes, load, save
+from nncompress.fileformat import MAGIC, VERSION, CorruptFileError, code_streams, file_bytes, index_widths, load, save
 from nncompress.models import LeNet5, MLP
 from nncompress.sharing import SharedWeight, apply_sharing, shared_layers
 
@@ -120,6 +122,42 @@ def test_code_streams_are_what_save_codes(tmp_path):
     assert coded < packed and coded >= bits / 8
 
 
+def test_the_header_is_compressed_json_listing_every_tensor(tmp_path):
+    model = apply_sharing(pruned_mlp(), 4)
+    data = (tmp_path / "m").read_bytes() if save(model, tmp_path / "m") else b""
+    (n,) = struct.unpack("<I", data[5:9])
+    header = json.loads(zlib.decompress(data[9:9 + n]))
+    assert [t["name"] for t in header["tensors"]] == list(plain_state(model))
+    assert n < len(json.dumps(header, separators=(",", ":")))  # compression pays for itself
+
+
+def test_auto_index_width_is_the_smallest_file_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = MLP((128, 64))
+    with torch.no_grad():
+        for layer, keep in ((model.fc1, 0.03), (model.fc2, 0.3)):  # long gaps in fc1, short in fc2
+            layer.weight[torch.rand(layer.weight.shape) > keep] = 0
+    model = apply_sharing(model, 4)
+    widths = index_widths(model)
+    assert set(widths) == {"fc1", "fc2"} and widths["fc1"] > widths["fc2"]  # fc3 is dense: no indices
+    for huffman in (True, False):
+        auto = save(model, tmp_path / "auto", index_bits="auto", huffman=huffman)
+        assert_same_state(load(tmp_path / "auto", MLP((128, 64))), model)
+        fixed = {b: file_bytes(model, index_bits=b, huffman=huffman) for b in range(1, 17)}
+        assert auto <= min(fixed.values()) + 8  # the header's tables may differ by a few bytes
+        assert auto < max(fixed.values())
+    per_layer = code_streams(model, index_bits="auto")["fc1"]
+    assert torch.equal(per_layer["gaps"], code_streams(model, index_bits=widths["fc1"])["fc1"]["gaps"])
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, p: save(m, p, index_bits="best"), lambda m, p: index_widths(m, index_bits="8"),
+])
+def test_index_bits_names_auto_among_the_allowed_values(tmp_path, call):
+    with pytest.raises(ValueError, match=r"index_bits must be an int in \[1, 16\] or 'auto'"):
+        call(apply_sharing(pruned_mlp(), 2), tmp_path / "m")
+
+
 @pytest.mark.parametrize("call", [
     lambda m, p: save(m, p, index_bits=0), lambda m, p: save(m, p, index_bits=17),
     lambda m, p: file_bytes(m, index_bits=0), lambda m, p: code_streams(m, index_bits=0),
@@ -170,7 +208,7 @@ def with_checksum(body):
 
 def test_well_checksummed_but_malformed_or_newer_files_are_rejected(tmp_path):
     path = tmp_path / "m.nncz"
-    for header in (b"not json", b'{"tensors": [{"name": "fc1.weight"}]}'):
+    for header in (b"not zlib", zlib.compress(b"not json"), zlib.compress(b'{"tensors": [{"name": "fc1.weight"}]}')):
         path.write_bytes(with_checksum(MAGIC + bytes([VERSION]) + struct.pack("<I", len(header)) + header))
         with pytest.raises(CorruptFileError, match="malformed"):
             load(path, MLP((8,)))
@@ -184,3 +222,31 @@ def test_shared_weights_are_found_in_any_module_by_their_parametrization():
     model = apply_sharing(pruned_mlp(), {"fc2": 2})
     assert list(code_streams(model)) == ["fc2"]
     assert isinstance(parametrizations.find(model, SharedWeight)["fc2.weight"], SharedWeight)
+
+
+@pytest.mark.parametrize("index_bits", [5, "auto"])
+def test_half_stores_every_float_as_float16_and_restores_the_rounded_values(tmp_path, index_bits):
+    model = apply_sharing(pruned_mlp(), {"fc1": 4, "fc2": 5})  # fc3 plain: raw weight and bias
+    model.fc3.weight.data[:, ::2] = 0  # and a sparse float tensor
+    full = save(model, tmp_path / "full", index_bits=index_bits)
+    half = save(model, tmp_path / "half", index_bits=index_bits, half=True)
+    floats = sum(m.bias.numel() for m in (model.fc1, model.fc2, model.fc3)) + 16 + 32 \
+        + int(model.fc3.weight.count_nonzero())  # biases, two codebooks, fc3's non-zeros
+    payload = {}
+    for name in ("full", "half"):
+        data = (tmp_path / name).read_bytes()
+        payload[name] = len(data) - 9 - struct.unpack("<I", data[5:9])[0] - 32  # less preamble, header, digest
+    assert payload["full"] - payload["half"] == 2 * floats  # two bytes saved per float, nothing else
+    assert abs((full - half) - 2 * floats) <= 8  # the compressed header names the type: a few bytes
+    restored = load(tmp_path / "half", MLP((32, 16)))
+    want = {k: v.to(torch.float16).to(v.dtype) for k, v in plain_state(model).items()}
+    assert all(torch.equal(restored.state_dict()[k], v) for k, v in want.items())
+    assert not all(torch.equal(restored.state_dict()[k], v) for k, v in plain_state(model).items())
+    with pytest.raises(TypeError, match="half must be a bool"):
+        save(model, tmp_path / "m", half=1)
+
+
+def test_float64_tensors_keep_their_type_unless_half(tmp_path):
+    model = MLP((8,)).double()
+    save(model, tmp_path / "m")
+    assert_same_state(load(tmp_path / "m", MLP((8,)).double()), model)

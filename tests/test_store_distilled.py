@@ -36,7 +36,7 @@ def test_distilled_store_trains_once_then_loads_from_cache(tiny_distilled_store,
     model = store.distilled("hinton_tiny", "kd", seed=1, data=tiny_distilled_store)
     path = tmp_path / "cache" / "hinton_tiny-distilled_kd-seed1.pt"
     assert path.exists() and (tmp_path / "cache" / "lenet300_100-tiny-seed0.pt").exists()  # the teacher too
-    checkpoint = torch.load(path, weights_only=True)
+    checkpoint = store.read_checkpoint(path)
     assert checkpoint["recipe"] == dataclasses.asdict(store.DISTILLED["hinton_tiny"]["kd"])
     assert checkpoint["model"] == "hinton_tiny" and checkpoint["seed"] == 1
     stamp = path.stat().st_mtime_ns
@@ -134,7 +134,7 @@ def test_the_distillation_chapters_students_are_shipped():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_student_matches_its_recipe_and_loads_safely(path):
-    checkpoint = torch.load(path, weights_only=True)
+    checkpoint = store.read_checkpoint(path)
     name, recipe = checkpoint["model"], checkpoint["recipe_name"]
     assert path.name == store.distilled_filename(name, recipe, checkpoint["seed"])
     assert checkpoint["recipe"] == dataclasses.asdict(store.DISTILLED[name][recipe])
@@ -146,7 +146,7 @@ def test_shipped_student_matches_its_recipe_and_loads_safely(path):
 @pytest.mark.skipif(not HAVE_MNIST, reason="full MNIST not in the data directory")
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_student_reaches_its_recorded_error(path):
-    checkpoint = torch.load(path, weights_only=True)
+    checkpoint = store.read_checkpoint(path)
     model = store.distilled(checkpoint["model"], checkpoint["recipe_name"], checkpoint["seed"])
     assert train.test_error(model, data.load_mnist()) == pytest.approx(100 * checkpoint["test_error"], abs=1e-4)
 

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+from torch import nn
 
 import nncompress as nc
 from nncompress import data, models, train
@@ -108,3 +109,36 @@ def test_test_error_is_the_percentage_of_wrong_predictions():
         (train.predict(model, x[100:200]).argmax(1) != y[100:200]).sum().item())
     with pytest.raises(ValueError, match="split must be one of"):
         train.test_error(model, split, "dev")
+
+
+def test_max_norm_caps_every_hidden_unit_and_leaves_the_output_layer_free():
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 1, 28, 28) * 5, torch.randint(0, 10, (256,))
+    model = models.MLP((64, 32))
+    train.fit(model, x, y, Recipe(epochs=3, lr=0.5, batch_size=32, max_norm=0.5), seed=0)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for layer in linears[:-1]:
+        assert layer.weight.norm(dim=1).max() <= 0.5 + 1e-5
+        assert layer.weight.norm(dim=1).max() > 0.49  # the constraint is active, not vacuous
+    assert linears[-1].weight.norm(dim=1).max() > 0.5  # the output layer is not constrained
+    free = models.MLP((64, 32))
+    torch.manual_seed(0)
+    train.fit(free, x, y, Recipe(epochs=3, lr=0.5, batch_size=32), seed=0)
+    assert max(m.weight.norm(dim=1).max() for m in free.modules() if isinstance(m, nn.Linear)) > 0.5
+
+
+def test_max_norm_rescales_convolution_filters_as_whole_vectors():
+    conv = nn.Conv2d(2, 3, 3)
+    with torch.no_grad():
+        conv.weight.mul_(100)
+    before = conv.weight.detach().clone()
+    train._max_norm_([conv], 1.0)
+    norms = conv.weight.flatten(1).norm(dim=1)
+    assert torch.allclose(norms, torch.ones(3), atol=1e-5)
+    cosine = nn.functional.cosine_similarity(conv.weight.flatten(1), before.flatten(1), dim=1)
+    assert torch.allclose(cosine, torch.ones(3), atol=1e-5)  # directions unchanged
+
+
+def test_max_norm_must_be_non_negative():
+    with pytest.raises(ValueError, match="max_norm"):
+        Recipe(epochs=1, lr=0.1, max_norm=-1.0)

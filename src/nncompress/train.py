@@ -70,11 +70,20 @@ class Recipe:
         ``"cosine"`` (per-step cosine decay to zero) or ``"constant"``.
     jitter
         The largest random translation in pixels applied to each training image, 0 to 4.
+    max_norm
+        After every step, rescale each unit's incoming weight vector (a row of a linear layer's
+        weight, a filter of a convolution) to norm at most ``max_norm``, in every weight layer but
+        the last (the output layer), as Srivastava et al. did with dropout; 0 (default) for no
+        constraint.
 
     Raises
     ------
     TypeError, ValueError
         For a field outside the ranges above, naming the field.
+
+    References
+    ----------
+    srivastava2014dropout
     """
 
     epochs: int
@@ -85,6 +94,7 @@ class Recipe:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     jitter: int = 0
+    max_norm: float = 0.0
 
     def __post_init__(self):
         validate.integer(self.epochs, "epochs", 1)
@@ -95,6 +105,7 @@ class Recipe:
         validate.number(self.weight_decay, "weight_decay", 0.0)
         validate.choice(self.schedule, "schedule", ("cosine", "constant"))
         validate.integer(self.jitter, "jitter", 0, 4)
+        validate.number(self.max_norm, "max_norm", 0.0)
 
 
 def _random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -109,6 +120,20 @@ def _random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -
     rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # (batch, 1, h, 1)
     cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # (batch, 1, 1, w)
     return padded[torch.arange(b)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+
+
+def _hidden_layers(model: nn.Module) -> list[nn.Module]:
+    """The linear and convolutional layers of ``model`` but the last, in module order."""
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][:-1]
+
+
+@torch.no_grad()
+def _max_norm_(layers: list[nn.Module], max_norm: float) -> None:
+    """Rescale each output unit's incoming weights in ``layers`` to norm at most ``max_norm``."""
+    for layer in layers:
+        w = layer.weight.flatten(1)  # (units, fan-in), a view
+        norms = w.norm(dim=1, keepdim=True)
+        w.mul_(norms.clamp(max=max_norm) / norms.clamp_min(1e-12))
 
 
 def _cross_entropy(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
@@ -187,11 +212,12 @@ def fit(
     scheduler = None
     if recipe.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs * steps_per_epoch)
+    constrained = _hidden_layers(model) if recipe.max_norm > 0 else []
     losses, step = [], 0
     bar = tqdm(range(1, recipe.epochs + 1), desc="epoch", disable=not progress, leave=False)
     for epoch in bar:
         loss, step = _epoch(model, x, y, recipe, generator, loss_fn or _cross_entropy, optimizer, scheduler,
-                            step, on_step_end)
+                            step, on_step_end, constrained)
         losses.append(loss)
         bar.set_postfix(loss=f"{loss:.4f}")
         if on_epoch_end is not None:
@@ -200,7 +226,8 @@ def fit(
     return losses
 
 
-def _epoch(model, x, y, recipe, generator, loss_fn, optimizer, scheduler, step, on_step_end) -> tuple[float, int]:
+def _epoch(model, x, y, recipe, generator, loss_fn, optimizer, scheduler, step, on_step_end,
+           constrained) -> tuple[float, int]:
     """One pass over ``(x, y)`` in a random order; returns the mean loss and the step count."""
     model.train()
     order = torch.randperm(len(x), generator=generator)
@@ -212,6 +239,7 @@ def _epoch(model, x, y, recipe, generator, loss_fn, optimizer, scheduler, step, 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        _max_norm_(constrained, recipe.max_norm)
         if scheduler is not None:
             scheduler.step()
         step += 1

@@ -28,14 +28,15 @@ The shipped checkpoints are produced by the package's script::
 """
 
 from .baselines import RECIPES, baseline, baseline_info, train_baseline
-from .core import (CACHE_ENV, SHIPPED_DIR, cache_dir, checkpoint_filename, checkpoint_record, load_model, lookup,
-                   stored, write_checkpoint)
+from .core import (ADDED_RECIPE_FIELDS, CACHE_ENV, SHIPPED_DIR, cache_dir, checkpoint_filename, checkpoint_record,
+                   load_model, lookup, read_checkpoint, stored, write_checkpoint)
 from .students import (DISTILLED, TERMS, DistillRecipe, DistillStage, distilled, distilled_filename, distilled_info,
                         make_distilled)
 from .pruned import PRUNED, PruneRecipe, make_pruned, pruned_baseline, pruned_filename, pruned_info
 
 __all__ = [
-    "CACHE_ENV", "SHIPPED_DIR", "cache_dir", "checkpoint_filename", "checkpoint_record", "write_checkpoint", "stored",
+    "CACHE_ENV", "SHIPPED_DIR", "cache_dir", "checkpoint_filename", "checkpoint_record", "write_checkpoint", "read_checkpoint",
+    "ADDED_RECIPE_FIELDS", "stored",
     "load_model", "lookup", "RECIPES", "train_baseline", "baseline_info", "baseline",
     "PruneRecipe", "PRUNED", "make_pruned", "pruned_filename", "pruned_info", "pruned_baseline",
     "TERMS", "DistillStage", "DistillRecipe", "DISTILLED", "make_distilled", "distilled_filename", "distilled_info",

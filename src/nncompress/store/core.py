@@ -22,7 +22,7 @@ from ..data import MNIST
 from ..train import evaluate
 
 __all__ = ["CACHE_ENV", "SHIPPED_DIR", "cache_dir", "checkpoint_filename", "checkpoint_record", "write_checkpoint",
-           "stored", "load_model", "lookup"]
+           "read_checkpoint", "ADDED_RECIPE_FIELDS", "stored", "load_model", "lookup"]
 
 CACHE_ENV = "NNCOMPRESS_CACHE"
 SHIPPED_DIR = Path(__file__).parent.with_name("baselines")  # checkpoints shipped with the package
@@ -112,8 +112,43 @@ def checkpoint_record(model: nn.Module, name: str, recipe_name: str, spec, seed:
     }
 
 
-def _read(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+# Recipe fields added after checkpoints were shipped, with the value every older checkpoint had.
+ADDED_RECIPE_FIELDS = {"max_norm": 0.0}
+
+
+def _upgrade(recorded):
+    """``recorded`` with every training recipe in it (a dict holding ``"optimizer"`` and
+    ``"schedule"``) given the fields of :data:`ADDED_RECIPE_FIELDS` it lacks, recursively."""
+    if isinstance(recorded, dict):
+        recorded = {k: _upgrade(v) for k, v in recorded.items()}
+        if "optimizer" in recorded and "schedule" in recorded:
+            recorded = {**recorded, **{k: v for k, v in ADDED_RECIPE_FIELDS.items() if k not in recorded}}
+        return recorded
+    if isinstance(recorded, (list, tuple)):
+        return type(recorded)(_upgrade(v) for v in recorded)
+    return recorded
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Read a checkpoint file safely (``weights_only``), on the CPU.
+
+    A recipe recorded before a field of :class:`~nncompress.train.Recipe` existed is given that
+    field's old value (:data:`ADDED_RECIPE_FIELDS`), so that it compares equal to today's recipe.
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    dict
+        The checkpoint dictionary.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, dict) and "recipe" in checkpoint:
+        checkpoint["recipe"] = _upgrade(checkpoint["recipe"])
+    return checkpoint
 
 
 def write_checkpoint(checkpoint: dict, path: Path) -> None:
@@ -163,7 +198,7 @@ def stored(filename: str, spec: dict, make: Callable[[], dict]) -> dict:
     """
     shipped = SHIPPED_DIR / filename
     if shipped.exists():
-        checkpoint = _read(shipped)
+        checkpoint = read_checkpoint(shipped)
         if checkpoint["recipe"] != spec:
             raise RuntimeError(f"shipped checkpoint {shipped} was made with a different recipe; "
                                "regenerate it with `python -m nncompress.baselines`")
@@ -171,7 +206,7 @@ def stored(filename: str, spec: dict, make: Callable[[], dict]) -> dict:
     cached = cache_dir() / filename
     if cached.exists():
         try:
-            checkpoint = _read(cached)
+            checkpoint = read_checkpoint(cached)
         except Exception:  # unreadable cache entry: rebuild it
             checkpoint = None
         if checkpoint is not None and checkpoint.get("recipe") == spec:
