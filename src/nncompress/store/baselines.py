@@ -1,6 +1,7 @@
 """Trained baselines: :data:`RECIPES`, :func:`train_baseline`, :func:`baseline_info`, :func:`baseline`.
 
-The shipped baselines are produced by ``python -m nncompress.baselines lenet300_100 lenet5 hinton_teacher``.
+The shipped baselines are produced by ``python -m nncompress.baselines lenet300_100 lenet5 hinton_teacher
+hinton_student`` and ``python -m nncompress.baselines hinton_teacher --recipe paper``.
 """
 
 from __future__ import annotations

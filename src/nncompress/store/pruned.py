@@ -1,7 +1,8 @@
 """Pruned checkpoints: :data:`PRUNED` (:class:`PruneRecipe`), :func:`make_pruned`, :func:`pruned_info`,
 :func:`pruned_baseline`.
 
-The shipped ones are produced by ``python -m nncompress.baselines --pruned han lenet300_100 lenet5``.
+The shipped ones are produced by ``python -m nncompress.baselines --pruned han lenet300_100 lenet5`` and
+``python -m nncompress.baselines --pruned deep lenet5``.
 """
 
 from __future__ import annotations
