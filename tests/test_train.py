@@ -139,6 +139,13 @@ def test_max_norm_rescales_convolution_filters_as_whole_vectors():
     assert torch.allclose(cosine, torch.ones(3), atol=1e-5)  # directions unchanged
 
 
+def test_max_norm_refuses_parametrized_weights_it_could_not_rescale():
+    model = nc.pruning.prune_magnitude(models.MLP((16,)), 0.5)  # masks attached: weight is computed
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    with pytest.raises(ValueError, match="max_norm needs plain weights"):
+        train.fit(model, x, y, Recipe(epochs=1, lr=0.1, max_norm=1.0))
+
+
 def test_max_norm_must_be_non_negative():
     with pytest.raises(ValueError, match="max_norm"):
         Recipe(epochs=1, lr=0.1, max_norm=-1.0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from . import validate
 from .data import MNIST
@@ -200,7 +201,8 @@ def fit(
     TypeError
         If ``model`` is not a module or ``x``/``y`` are not tensors.
     ValueError
-        If ``x`` and ``y`` are empty or differ in length, or for a bad ``seed``.
+        If ``x`` and ``y`` are empty or differ in length, for a bad ``seed``, or for
+        ``recipe.max_norm`` on a model whose constrained weights are parametrized.
     """
     validate.module(model)
     _check_pair(x, y)
@@ -213,6 +215,9 @@ def fit(
     if recipe.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs * steps_per_epoch)
     constrained = _hidden_layers(model) if recipe.max_norm > 0 else []
+    if any(parametrize.is_parametrized(layer, "weight") for layer in constrained):
+        raise ValueError("recipe.max_norm needs plain weights: bake the model's parametrizations first "
+                         "(nncompress.parametrizations.bake_) or train with max_norm=0")
     losses, step = [], 0
     bar = tqdm(range(1, recipe.epochs + 1), desc="epoch", disable=not progress, leave=False)
     for epoch in bar:
