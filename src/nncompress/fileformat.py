@@ -106,6 +106,13 @@ def _shared_streams(p: SharedWeight, index_bits: int | str, huffman: bool = True
     return {"gaps": gaps, "values": values, "width": width}
 
 
+def _layer_streams(model: nn.Module, index_bits, huffman: bool) -> dict[str, dict]:
+    """``{layer name: _shared_streams(...)}`` for every shared weight of ``model``, arguments checked."""
+    validate.module(model)
+    index_bits = _check_index_bits(index_bits)
+    return {key.rpartition(".")[0]: _shared_streams(p, index_bits, huffman) for key, p in _shared(model).items()}
+
+
 def code_streams(model: nn.Module, index_bits: int | str = 5, huffman: bool = True) -> dict[str, dict[str, torch.Tensor]]:
     """The integer symbol streams that :func:`save` codes for each shared layer of ``model``.
 
@@ -135,9 +142,7 @@ def code_streams(model: nn.Module, index_bits: int | str = 5, huffman: bool = Tr
 
     References: han2016deep
     """
-    validate.module(model)
-    index_bits = _check_index_bits(index_bits)
-    streams = {key.rpartition(".")[0]: _shared_streams(p, index_bits, huffman) for key, p in _shared(model).items()}
+    streams = _layer_streams(model, index_bits, huffman)
     return {layer: {k: v for k, v in s.items() if k != "width"} for layer, s in streams.items()}
 
 
@@ -161,9 +166,7 @@ def index_widths(model: nn.Module, index_bits: int | str = "auto", huffman: bool
 
     References: han2016deep
     """
-    validate.module(model)
-    index_bits = _check_index_bits(index_bits)
-    streams = {key.rpartition(".")[0]: _shared_streams(p, index_bits, huffman) for key, p in _shared(model).items()}
+    streams = _layer_streams(model, index_bits, huffman)
     return {layer: s["width"] for layer, s in streams.items() if "width" in s}
 
 
