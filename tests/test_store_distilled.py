@@ -122,13 +122,14 @@ HAVE_MNIST = (data.data_dir() / "mnist").is_dir()
 
 
 def test_the_distillation_chapters_students_are_shipped():
-    """Every student the hints and Hinton notebooks load: 3 seeds of each method, and seed 0 of
-    the attention-weight sweep."""
+    """Every student the hints and Hinton notebooks load: 3 seeds of each method, seed 0 of the
+    attention-weight sweep, and seed 0 of the 2x800 students of Hinton et al.'s full experiment."""
     names = {p.name for p in SHIPPED}
     want = {store.distilled_filename("lenet5_thin", r, s) for r in ("scratch", "kd", "attention1", "hint_kd")
             for s in (0, 1, 2)}
     want |= {store.distilled_filename("lenet5_thin", r, 0) for r in ("attention5", "attention20")}
     want |= {store.distilled_filename("hinton_tiny", r, s) for r in store.DISTILLED["hinton_tiny"] for s in (0, 1, 2)}
+    want |= {store.distilled_filename("hinton_student", r, 0) for r in store.DISTILLED["hinton_student"]}
     assert want <= names, sorted(want - names)
 
 

@@ -20,11 +20,15 @@ from the current recipe is stale and never used. Checkpoints are read with
 
 The shipped checkpoints are produced by the package's script::
 
-    python -m nncompress.baselines lenet300_100 lenet5 hinton_teacher
+    python -m nncompress.baselines lenet300_100 lenet5 hinton_teacher hinton_student
+    python -m nncompress.baselines hinton_teacher --recipe paper
+    python -m nncompress.baselines hinton_student --recipe jitter
     python -m nncompress.baselines --pruned han lenet300_100 lenet5
+    python -m nncompress.baselines --pruned deep lenet5
     python -m nncompress.baselines lenet5_thin --distilled scratch kd attention1 hint_kd --seed 0 1 2
     python -m nncompress.baselines lenet5_thin --distilled attention5 attention20
     python -m nncompress.baselines hinton_tiny --distilled scratch kd_t1 kd_t2 kd_t4 kd_t8 kd_t20 --seed 0 1 2
+    python -m nncompress.baselines hinton_student --distilled kd_t20 kd_t20_jitter
 """
 
 from .baselines import RECIPES, baseline, baseline_info, train_baseline

@@ -1,7 +1,8 @@
 """Trained baselines: :data:`RECIPES`, :func:`train_baseline`, :func:`baseline_info`, :func:`baseline`.
 
 The shipped baselines are produced by ``python -m nncompress.baselines lenet300_100 lenet5 hinton_teacher
-hinton_student`` and ``python -m nncompress.baselines hinton_teacher --recipe paper``.
+hinton_student``, ``python -m nncompress.baselines hinton_teacher --recipe paper`` and
+``python -m nncompress.baselines hinton_student --recipe jitter``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ RECIPES: dict[str, dict[str, Recipe]] = {
     # "paper" adds Hinton et al.'s max-norm constraint and trains five times longer.
     "hinton_teacher": {"default": Recipe(epochs=60, lr=0.05, weight_decay=0.0, jitter=2),
                        "paper": Recipe(epochs=300, lr=0.05, weight_decay=0.0, jitter=2, max_norm=3.5)},
-    "hinton_student": {"default": Recipe(epochs=30, lr=0.05, weight_decay=0.0)},
+    # "jitter": the control of the distilled student of the same name (students.py): labels, with
+    # the jittered inputs and the 200 epochs that student trains with.
+    "hinton_student": {"default": Recipe(epochs=30, lr=0.05, weight_decay=0.0),
+                       "jitter": Recipe(epochs=200, lr=0.05, weight_decay=0.0, jitter=2)},
 }
 
 

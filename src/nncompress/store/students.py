@@ -9,6 +9,7 @@ they ship with the package, made by::
     python -m nncompress.baselines lenet5_thin --distilled scratch kd attention1 hint_kd --seed 0 1 2
     python -m nncompress.baselines lenet5_thin --distilled attention5 attention20
     python -m nncompress.baselines hinton_tiny --distilled scratch kd_t1 kd_t2 kd_t4 kd_t8 kd_t20 --seed 0 1 2
+    python -m nncompress.baselines hinton_student --distilled kd_t20 kd_t20_jitter
 """
 
 from __future__ import annotations
@@ -135,6 +136,11 @@ _THIN_ATTENTION = {w: ("attention", {"pairs": (("conv1", "conv1"), ("conv2", "co
 _THIN_HINT = ("hint", {"student_layer": "conv2", "teacher_layer": "conv2", "student_channels": 10,
                        "teacher_channels": 50})
 _TINY = Recipe(epochs=15, lr=1e-3, optimizer="adam")  # the 2x30 MLP of the Hinton notebook
+# Hinton et al.'s full experiment: the 2x800 student learns from the paper teacher on the whole training
+# set, on fixed inputs as in the paper, or on inputs jittered like the teacher's (the teacher then
+# labels each shifted batch afresh).
+_FULL = {"teacher": "hinton_teacher", "n_transfer": 55_000, "teacher_recipe": "paper"}
+_FULL_KD = (_kd(20.0),)
 
 # Distilled students, per student model name, then recipe name.
 DISTILLED: dict[str, dict[str, DistillRecipe]] = {
@@ -149,6 +155,11 @@ DISTILLED: dict[str, dict[str, DistillRecipe]] = {
     "hinton_tiny": {
         "scratch": _one_stage(_TINY, ("ce", {}), teacher="hinton_teacher"),
         **{f"kd_t{t}": _one_stage(_TINY, _kd(float(t)), teacher="hinton_teacher") for t in (1, 2, 4, 8, 20)},
+    },
+    "hinton_student": {
+        "kd_t20": DistillRecipe(stages=(DistillStage(_FULL_KD, Recipe(epochs=200, lr=0.005)),), **_FULL),
+        "kd_t20_jitter": DistillRecipe(stages=(DistillStage(_FULL_KD, Recipe(epochs=200, lr=0.005, jitter=2)),),
+                                       **_FULL),
     },
 }
 
