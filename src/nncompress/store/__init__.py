@@ -28,7 +28,7 @@ The shipped checkpoints are produced by the package's script::
     python -m nncompress.baselines lenet5_thin --distilled scratch kd attention1 hint_kd --seed 0 1 2
     python -m nncompress.baselines lenet5_thin --distilled attention5 attention20
     python -m nncompress.baselines hinton_tiny --distilled scratch kd_t1 kd_t2 kd_t4 kd_t8 kd_t20 --seed 0 1 2
-    python -m nncompress.baselines hinton_student --distilled kd_t20 kd_t20_jitter
+    python -m nncompress.baselines hinton_student --distilled kd_t20 kd_t20_jitter kd_t20_alpha05_jitter
 """
 
 from .baselines import RECIPES, baseline, baseline_info, train_baseline

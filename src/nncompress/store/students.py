@@ -9,7 +9,7 @@ they ship with the package, made by::
     python -m nncompress.baselines lenet5_thin --distilled scratch kd attention1 hint_kd --seed 0 1 2
     python -m nncompress.baselines lenet5_thin --distilled attention5 attention20
     python -m nncompress.baselines hinton_tiny --distilled scratch kd_t1 kd_t2 kd_t4 kd_t8 kd_t20 --seed 0 1 2
-    python -m nncompress.baselines hinton_student --distilled kd_t20 kd_t20_jitter
+    python -m nncompress.baselines hinton_student --distilled kd_t20 kd_t20_jitter kd_t20_alpha05_jitter
 """
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ _THIN_HINT = ("hint", {"student_layer": "conv2", "teacher_layer": "conv2", "stud
 _TINY = Recipe(epochs=15, lr=1e-3, optimizer="adam")  # the 2x30 MLP of the Hinton notebook
 # Hinton et al.'s full experiment: the 2x800 student learns from the paper teacher on the whole training
 # set, on fixed inputs as in the paper, or on inputs jittered like the teacher's (the teacher then
-# labels each shifted batch afresh).
+# labels each shifted batch afresh), with the paper's small weight on the labels or, jittered, an
+# equal one (alpha = 0.5).
 _FULL = {"teacher": "hinton_teacher", "n_transfer": 55_000, "teacher_recipe": "paper"}
 _FULL_KD = (_kd(20.0),)
 
@@ -160,6 +161,8 @@ DISTILLED: dict[str, dict[str, DistillRecipe]] = {
         "kd_t20": DistillRecipe(stages=(DistillStage(_FULL_KD, Recipe(epochs=200, lr=0.005)),), **_FULL),
         "kd_t20_jitter": DistillRecipe(stages=(DistillStage(_FULL_KD, Recipe(epochs=200, lr=0.005, jitter=2)),),
                                        **_FULL),
+        "kd_t20_alpha05_jitter": DistillRecipe(stages=(DistillStage((("kd", {"temperature": 20.0, "alpha": 0.5}),),
+                                                                    Recipe(epochs=200, lr=0.005, jitter=2)),), **_FULL),
     },
 }
 
