@@ -154,9 +154,7 @@ def measure_latencies(
     ``min_run_time / rounds`` seconds; warm-up calls in the first round only), and each model
     keeps its fastest round. Interference from other processes that lasts a second or two then
     slows all the models of the rounds it overlaps, instead of whichever model was being measured
-    at the time, and taking the fastest round discards it. Each round starts one model further
-    along the order than the last (a, b, c; b, c, a; ...), so that no model is always timed first
-    or always right after the same neighbour.
+    at the time, and taking the fastest round discards it.
 
     After ``rounds`` rounds, rounds go on while the estimate is not stable: until, for every
     model, another round has come within ``tolerance`` (5 %) of its fastest one, so that no
@@ -205,13 +203,11 @@ def measure_latencies(
     tolerance = validate.number(tolerance, "tolerance", 0.0)
     min_run_time = validate.number(min_run_time, "min_run_time", 0.0, low_open=True)
     times: dict[str, list[float]] = {name: [] for name in models}
-    names = list(models)
     for r in range(max_rounds):
         if r >= rounds and all(_settled(t, tolerance) for t in times.values()):
             break
-        start = r % len(names)
-        for name in names[start:] + names[:start]:
-            times[name].append(measure_latency(models[name], batch_size, input_shape, threads, min_run_time / rounds,
+        for name, model in models.items():
+            times[name].append(measure_latency(model, batch_size, input_shape, threads, min_run_time / rounds,
                                                warmup=3 if r == 0 else 0, repeats=1, inputs=inputs))
     return {name: min(t) for name, t in times.items()}
 
