@@ -19,8 +19,9 @@ SHAPE = st.tuples(st.integers(1, 3000), st.integers(1, 3000))
 
 
 def fits(rank, shapes, fraction):
-    """The budget in exact rational arithmetic: ``rank * sum(m + n) <= fraction * sum(m * n)``."""
-    return rank * sum(m + n for m, n in shapes) <= Fraction(fraction) * sum(m * n for m, n in shapes)
+    """The budget in exact rational arithmetic, ``fraction`` read as the decimal it prints as:
+    ``rank * sum(m + n) <= fraction * sum(m * n)``."""
+    return rank * sum(m + n for m, n in shapes) <= Fraction(repr(fraction)) * sum(m * n for m, n in shapes)
 
 
 @settings(derandomize=True, database=None, deadline=None, max_examples=200)
@@ -44,6 +45,9 @@ def test_known_ranks():
     assert rank_for_budget([(1000, 784), (10, 1000)], 1 / 8) == 35
     assert rank_for_budget((100, 100), 1.0) == 50  # 50 * 200 == 10,000: the budget is inclusive
     assert rank_for_budget((100, 100), 0.5) == 25
+    assert rank_for_budget((100, 100), 0.7) == 35  # 0.7 is 7/10, though the float 0.7 is just below it
+    assert rank_for_budget((100, 100), 0.3) == 15  # the float 0.3 is just below 3/10 too
+    assert rank_for_budget((100, 100), 0.7 - 1e-12) == 34
     assert rank_for_budget((3, 3), 0.1) == 1  # rank 1 (6 numbers) exceeds 0.9: still 1
 
 

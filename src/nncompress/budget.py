@@ -11,6 +11,7 @@ References: chen2015compressing, denton2014exploiting
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 from numbers import Integral
 
 import torch
@@ -45,7 +46,10 @@ def rank_for_budget(shapes: Sequence[int] | Sequence[Sequence[int]], fraction: f
     A rank-``r`` factorization of an ``(m, n)`` weight stores ``r (m + n)`` numbers. With one rank
     for all the layers, this is the largest ``r >= 1`` with
     ``r * sum(m + n) <= fraction * sum(m * n)``; 1 when even rank 1 exceeds the budget. The rank
-    is not capped at ``min(m, n)``: callers that factorize cap it themselves.
+    is not capped at ``min(m, n)``: callers that factorize cap it themselves. The inequality is
+    evaluated exactly, with ``fraction`` read as the decimal it prints as: 0.7 is 7/10, not the
+    binary float just below it, so a budget of 70 % of a 100 x 100 weight admits rank 35 (7,000
+    numbers).
 
     Parameters
     ----------
@@ -70,14 +74,8 @@ def rank_for_budget(shapes: Sequence[int] | Sequence[Sequence[int]], fraction: f
     """
     pairs = _shapes(shapes)
     fraction = validate.number(fraction, "fraction", 0.0, 1.0, low_open=True)
-    budget = fraction * sum(m * n for m, n in pairs)
-    per_rank = sum(m + n for m, n in pairs)
-    rank = max(1, int(budget // per_rank))
-    while (rank + 1) * per_rank <= budget:  # guard the float division against rounding
-        rank += 1
-    while rank > 1 and rank * per_rank > budget:
-        rank -= 1
-    return rank
+    budget = Fraction(repr(float(fraction))) * sum(m * n for m, n in pairs)  # exact: no rounding
+    return max(1, int(budget // sum(m + n for m, n in pairs)))
 
 
 def _random_edges_(model: nn.Module, sizes: list[tuple[int, int]], factor: float,
