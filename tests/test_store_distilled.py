@@ -112,6 +112,41 @@ def test_distill_recipe_rejects_bad_values(kwargs, error, match):
         DistillRecipe(**args)
 
 
+def test_training_recipe_and_targets_read_the_final_stage(tiny_distilled_store):
+    """A baseline's recipe and "labels"; a distilled student's final stage, in words."""
+    teacher = store.baseline_info("lenet300_100", "tiny", data=tiny_distilled_store)
+    assert store.training_recipe(teacher) == dataclasses.asdict(Recipe(epochs=2, lr=0.05))
+    assert store.describe_targets(teacher) == "labels"
+    two_stages = store.distilled_info("hinton_tiny", "ce_then_kd", data=tiny_distilled_store)
+    assert store.training_recipe(two_stages) == dataclasses.asdict(Recipe(epochs=2, lr=1e-3, optimizer="adam"))
+    assert store.describe_targets(two_stages) == "soft and labels (T = 4, α = 0.9)"
+    scratch = store.distilled_info("hinton_tiny", "scratch", data=tiny_distilled_store)
+    assert store.describe_targets(scratch) == "labels" and store.training_recipe(scratch)["epochs"] == 1
+
+
+def test_targets_name_every_kind_of_term():
+    def stage(*terms):
+        return {"recipe": {"stages": [{"terms": list(terms), "recipe": {}}]}}
+    assert store.describe_targets(stage(("kd", {"temperature": 2.0}))) == "soft (T = 2)"  # alpha defaults to 1
+    hint = ("hint", {"student_layer": "conv2", "teacher_layer": "conv2", "student_channels": 10,
+                     "teacher_channels": 50})
+    assert store.describe_targets(stage(hint)) == "hint (conv2)"
+    attention = ("attention", {"pairs": (("conv1", "conv1"),), "weight": 5.0})
+    assert store.describe_targets(stage(("kd", {"temperature": 4.0, "alpha": 0.9}), attention)) == \
+        "soft and labels (T = 4, α = 0.9) + attention (5)"
+
+
+@pytest.mark.parametrize("checkpoint, error, match", [
+    ([("recipe", {})], TypeError, "checkpoint must be a mapping"),
+    ({"state_dict": {}}, ValueError, "'recipe' mapping"),
+    ({"recipe": "default"}, ValueError, "'recipe' mapping"),
+])
+def test_training_recipe_rejects_what_is_not_a_checkpoint(checkpoint, error, match):
+    for read in (store.training_recipe, store.describe_targets):
+        with pytest.raises(error, match=match):
+            read(checkpoint)
+
+
 def test_unknown_distillation_recipe_is_rejected():
     with pytest.raises(ValueError, match="unknown distillation recipe 'fast' for model 'lenet5_thin'"):
         store.distilled_info("lenet5_thin", "fast")

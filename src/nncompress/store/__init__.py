@@ -16,7 +16,8 @@ from the current recipe is stale and never used. Checkpoints are read with
   :func:`make_pruned`, :func:`pruned_info`, :func:`pruned_baseline`.
 - Distilled students (:mod:`~nncompress.store.students`): :data:`DISTILLED`
   (:class:`DistillRecipe` of :class:`DistillStage`), :func:`make_distilled`,
-  :func:`distilled_info`, :func:`distilled`.
+  :func:`distilled_info`, :func:`distilled`; :func:`training_recipe` and :func:`describe_targets`
+  read what any stored checkpoint was trained with.
 
 The shipped checkpoints are produced by the package's script::
 
@@ -34,8 +35,8 @@ The shipped checkpoints are produced by the package's script::
 from .baselines import RECIPES, baseline, baseline_info, train_baseline
 from .core import (ADDED_RECIPE_FIELDS, CACHE_ENV, SHIPPED_DIR, cache_dir, checkpoint_filename, checkpoint_record,
                    load_model, lookup, read_checkpoint, stored, write_checkpoint)
-from .students import (DISTILLED, TERMS, DistillRecipe, DistillStage, distilled, distilled_filename, distilled_info,
-                        make_distilled)
+from .students import (DISTILLED, TERMS, DistillRecipe, DistillStage, describe_targets, distilled, distilled_filename,
+                        distilled_info, make_distilled, training_recipe)
 from .pruned import PRUNED, PruneRecipe, make_pruned, pruned_baseline, pruned_filename, pruned_info
 
 __all__ = [
@@ -44,5 +45,5 @@ __all__ = [
     "load_model", "lookup", "RECIPES", "train_baseline", "baseline_info", "baseline",
     "PruneRecipe", "PRUNED", "make_pruned", "pruned_filename", "pruned_info", "pruned_baseline",
     "TERMS", "DistillStage", "DistillRecipe", "DISTILLED", "make_distilled", "distilled_filename", "distilled_info",
-    "distilled",
+    "distilled", "training_recipe", "describe_targets",
 ]

@@ -29,7 +29,7 @@ from .baselines import baseline
 from .core import checkpoint_filename, checkpoint_record, load_model, lookup, stored
 
 __all__ = ["TERMS", "DistillStage", "DistillRecipe", "DISTILLED", "make_distilled", "distilled_filename",
-           "distilled_info", "distilled"]
+           "distilled_info", "distilled", "training_recipe", "describe_targets"]
 
 # The loss terms a stage may name, with the keyword arguments of their constructors.
 TERMS: dict[str, type[Term]] = {"ce": CrossEntropy, "kd": KD, "hint": Hint, "attention": Attention}
@@ -279,3 +279,79 @@ def distilled(name: str, recipe: str, seed: int = 0, data: MNIST | None = None) 
     hinton2015distilling
     """
     return load_model(distilled_info(name, recipe, seed, data=data))
+
+
+def _final_stage(checkpoint: Mapping) -> dict | None:
+    """The last stage of a distilled checkpoint's recipe, or None for a baseline's."""
+    validate.mapping(checkpoint, "checkpoint")
+    if not isinstance(checkpoint.get("recipe"), Mapping):
+        raise ValueError("checkpoint must be a stored checkpoint dictionary with a 'recipe' mapping")
+    stages = checkpoint["recipe"].get("stages")
+    return stages[-1] if stages else None
+
+
+def training_recipe(checkpoint: Mapping) -> dict:
+    """The training recipe of a stored checkpoint, as recorded in it.
+
+    A baseline's is its recipe; a distilled student's is that of its final stage (the one that
+    trains the whole student; an earlier hint stage trains only up to the hinted layer).
+
+    Parameters
+    ----------
+    checkpoint
+        A checkpoint dictionary, e.g. from :func:`~nncompress.store.baseline_info` or
+        :func:`distilled_info`.
+
+    Returns
+    -------
+    dict
+        The fields of :class:`nncompress.train.Recipe` (``epochs``, ``lr``, ``jitter``, ...).
+
+    Raises
+    ------
+    TypeError
+        If ``checkpoint`` is not a mapping.
+    ValueError
+        If it records no recipe.
+    """
+    stage = _final_stage(checkpoint)
+    return dict(stage["recipe"] if stage else checkpoint["recipe"])
+
+
+def describe_targets(checkpoint: Mapping) -> str:
+    """What a stored checkpoint learned from, in words: ``"labels"`` for a baseline, else the
+    loss terms of a distilled student's final stage, e.g. ``"soft and labels (T = 20, α = 0.9)"``.
+
+    Parameters
+    ----------
+    checkpoint
+        As :func:`training_recipe`.
+
+    Returns
+    -------
+    str
+        The terms joined with ``" + "``: ``"labels"`` (``ce``), ``"soft and labels (T, α)"``
+        (``kd``; ``α`` weighs the soft targets; ``"soft (T)"`` when it is 1), ``"hint (layer)"``,
+        ``"attention (weight)"``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`training_recipe`.
+
+    References
+    ----------
+    hinton2015distilling
+    """
+    stage = _final_stage(checkpoint)
+    if stage is None:
+        return "labels"
+    def kd(kw):
+        alpha = kw.get("alpha", 1.0)
+        return f"soft (T = {kw['temperature']:g})" if alpha == 1 else \
+            f"soft and labels (T = {kw['temperature']:g}, α = {alpha:g})"
+
+    words = {"ce": lambda kw: "labels", "kd": kd,
+             "hint": lambda kw: f"hint ({kw['student_layer']})",
+             "attention": lambda kw: f"attention ({kw.get('weight', 1.0):g})"}
+    return " + ".join(words[kind](kwargs) for kind, kwargs in stage["terms"])
