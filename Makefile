@@ -47,7 +47,7 @@ book: $(STAMP)
 
 # `tests` must stay among the paths: its conftest.py caches the notebooks nbval executed.
 test: $(STAMP)
-	$(PYTHON) -m pytest --nbval-lax --nbval-cell-timeout=600 tests book
+	$(PYTHON) -m pytest --nbval-lax --nbval-cell-timeout=600 --durations=40 tests book
 
 # The single-page build reuses the notebooks executed by `make book` (same cache). Its page lives
 # at book/intro.html but links its assets as if it were at the top, so it is printed from a copy
