@@ -146,6 +146,21 @@ def test_quantized_cache_error_and_bytes(bits):
     assert plain.nbytes() == 2 * keys.numel() * 4
 
 
+def test_cached_passes_give_the_full_forward_passes_logits_at_every_repeat():
+    model = tiny(0)
+    context, fed = torch.tensor([4, 5, 6, 7, 8]), torch.tensor([9, 10, 3])
+    full = model(torch.cat([context, fed])[None])[:, -3:]
+    once, thrice = text.cached_passes(model, context, fed, repeat=1), text.cached_passes(model, context, fed, repeat=3)
+    assert torch.allclose(once(), full, atol=1e-5) and torch.allclose(thrice(), full, atol=1e-5)
+    assert torch.allclose(thrice(), full, atol=1e-5)  # called again: the cache was truncated back each time
+    with pytest.raises(ValueError, match="block_size"):
+        text.cached_passes(model, torch.arange(model.config.block_size), fed)
+    with pytest.raises(TypeError, match="fed"):
+        text.cached_passes(model, context, fed.float())
+    with pytest.raises(ValueError, match="repeat"):
+        text.cached_passes(model, context, fed, repeat=0)
+
+
 def test_speculative_greedy_is_exactly_greedy():
     target, draft = tiny(0), tiny(1, n_layer=1)
     prompt = torch.tensor([4, 5, 6])

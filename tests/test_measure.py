@@ -253,7 +253,7 @@ class Tagged(nn.Module):
 def test_measure_latencies_times_the_models_in_turns():
     log = []
     seconds = measure.measure_latencies({"a": Tagged("a", log), "b": Tagged("b", log)}, 1, (4,), min_run_time=0.01,
-                                        rounds=3, max_rounds=3)
+                                        rounds=3)
     assert set(seconds) == {"a", "b"} and all(t > 0 for t in seconds.values())
     runs = [name for i, name in enumerate(log) if i == 0 or log[i - 1] != name]  # the order of the stretches
     assert runs == ["a", "b"] * 3  # a, b; a, b; a, b: every round visits every model
@@ -271,24 +271,49 @@ def scripted(monkeypatch, times):
     return calls
 
 
-def test_measure_latencies_adds_rounds_until_the_fastest_is_matched(monkeypatch):
-    # a's fastest round (1.0) is matched within 5 % only in round 4; b's (2.0) already in round 2
-    calls = scripted(monkeypatch, {"a": [1.0, 1.2, 1.3, 1.04, 9.0], "b": [2.0, 2.05, 3.0, 2.5, 9.0]})
-    seconds = measure.measure_latencies({"a": Tagged("a", []), "b": Tagged("b", [])}, rounds=2)
-    assert seconds == {"a": 1.0, "b": 2.0}
-    assert calls == ["a", "b"] * 4  # every extra round times every model
+def test_measure_latencies_keeps_each_models_median_round(monkeypatch):
+    # a's rounds are 1.0 (lucky), then about 2; b's about 2 throughout: the fastest rounds would
+    # make a twice as fast, the medians (2.0 and 2.05) say that the two are alike
+    calls = scripted(monkeypatch, {"a": [1.0, 2.1, 2.0, 1.9, 2.2], "b": [2.0, 2.05, 2.2, 1.95, 2.1]})
+    seconds = measure.measure_latencies({"a": Tagged("a", []), "b": Tagged("b", [])}, rounds=5)
+    assert seconds == {"a": 2.0, "b": 2.05}
+    assert calls == ["a", "b"] * 5  # every round times every model, in turns
+    calls = scripted(monkeypatch, {"a": [float(i) for i in range(20)]})
+    measure.measure_latencies({"a": Tagged("a", [])})
+    assert len(calls) == 9  # nine rounds by default
 
 
-def test_measure_latencies_stops_at_max_rounds(monkeypatch):
-    calls = scripted(monkeypatch, {"a": [1.0 + i for i in range(10)]})  # never confirmed
-    assert measure.measure_latencies({"a": Tagged("a", [])}, rounds=2, max_rounds=5) == {"a": 1.0}
-    assert len(calls) == 5
-    calls = scripted(monkeypatch, {"a": [1.0 + i for i in range(10)]})
-    measure.measure_latencies({"a": Tagged("a", [])}, rounds=2)
-    assert len(calls) == 6  # 3 * rounds by default
-    calls = scripted(monkeypatch, {"a": [1.0, 1.3, 1.2]})
-    assert measure.measure_latencies({"a": Tagged("a", [])}, rounds=2, tolerance=0.5) == {"a": 1.0}
-    assert len(calls) == 2  # 1.3 is within 50 % of 1.0
+def test_calls_in_turns_keeps_each_calls_median_round(monkeypatch):
+    now, order, b_steps = [0.0], [], iter([2.0, 9.0, 4.0])  # a fake clock, advanced only by the calls
+
+    def call(name, step):
+        def run():
+            order.append(name)
+            now[0] += step()
+        return run
+
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    seconds = measure.calls_in_turns({"a": call("a", lambda: 1.0), "b": call("b", lambda: next(b_steps))},
+                                     rounds=3, warmup=False)
+    assert order == ["a", "b"] * 3 and seconds == {"a": 1.0, "b": 4.0}  # b's rounds: 2, 9, 4
+
+
+def test_speedups_in_turns_are_medians_of_each_rounds_ratios(monkeypatch):
+    # the machine is twice as slow in round 2; b is always twice as fast as a within a round
+    now, steps = [0.0], iter([2.0, 1.0, 4.0, 2.0, 2.0, 1.0, 3.0, 1.0])
+
+    def run():
+        now[0] += next(steps)
+
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    speed = measure.speedups_in_turns({"a": run, "b": run}, "a", rounds=4, warmup=False)
+    assert speed == {"a": 1.0, "b": 2.0}  # rounds' ratios 2, 2, 2, 3; the ratio of the medians would be 2.5
+    with pytest.raises(ValueError, match="baseline"):
+        measure.speedups_in_turns({"a": run}, "b")
+    with pytest.raises(TypeError, match="calls"):
+        measure.speedups_in_turns({"a": 1}, "a")
+    with pytest.raises(ValueError, match="rounds"):
+        measure.speedups_in_turns({"a": run}, "a", rounds=0)
 
 
 def test_profile_many_matches_profile_except_for_the_timing_schedule():
@@ -311,10 +336,6 @@ def test_measure_latencies_and_profile_many_reject_bad_arguments():
         measure.measure_latencies({})
     with pytest.raises(ValueError, match="rounds"):
         measure.measure_latencies({"a": net}, rounds=0)
-    with pytest.raises(ValueError, match="max_rounds"):
-        measure.measure_latencies({"a": net}, rounds=3, max_rounds=2)
-    with pytest.raises(ValueError, match="tolerance"):
-        measure.measure_latencies({"a": net}, tolerance=-0.1)
     with pytest.raises(TypeError, match=r"models\['a'\]"):
         measure.measure_latencies({"a": "net"})
     with pytest.raises(ValueError, match="not in models"):

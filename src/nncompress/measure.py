@@ -18,9 +18,8 @@ Definitions used throughout the book:
 - **latency**: median wall time of one forward pass over a batch, from
   ``torch.utils.benchmark.Timer.blocked_autorange`` under ``torch.inference_mode``, after
   warm-up, with the thread count fixed and reported (:mod:`nncompress.timing`). Models that are
-  compared are timed in turns, round after round, each keeping its fastest round, and rounds are
-  added (within a bound) until every model's fastest round has been matched by another within
-  5 % (:func:`measure_latencies`).
+  compared are timed in turns, round after round, and each model's latency is the median of its
+  rounds (:func:`measure_latencies`).
 
 The latency functions live in :mod:`nncompress.timing`, the :class:`Profile` record and the
 tables in :mod:`nncompress.tables`; both are re-exported here, so notebooks use
@@ -43,7 +42,7 @@ from . import validate
 from .flops import _check_model, _int8_layer, count_flops, flops_by_module
 from .tables import Profile, Table, comparison_table, environment, write_results
 from .timing import (MNIST_SHAPE, calls_in_turns, measure_latencies, measure_latency, module_times,
-                     per_input_latencies, thread_scaling)
+                     per_input_latencies, speedups_in_turns, thread_scaling)
 from .train import evaluate
 
 __all__ = [
@@ -68,6 +67,7 @@ __all__ = [
     "thread_scaling",
     "per_input_latencies",
     "calls_in_turns",
+    "speedups_in_turns",
     "module_times",
     "MNIST_SHAPE",
 ]
@@ -297,11 +297,11 @@ def profile_many(
     threads: int = 1,
     nbytes: Mapping[str, int | Callable[[nn.Module], int]] | None = None,
     min_run_time: float = 0.2,
-    rounds: int = 5,
+    rounds: int = 9,
 ) -> list[Profile]:
     """:func:`profile` for every model of ``models``, with the latencies measured in turns.
 
-    The latencies come from :func:`measure_latencies` (round-robin, repeated until stable), so
+    The latencies come from :func:`measure_latencies` (round-robin, the median of each model's rounds), so
     that the models can be compared: use this, not one :func:`profile` per model, for a table
     whose speed-ups are read against each other.
 
@@ -315,7 +315,7 @@ def profile_many(
         Names mapped to custom encodings, as in :func:`profile`; models it leaves out use their
         state_dict.
     rounds
-        The rounds that :func:`measure_latencies` always runs.
+        Rounds of timing in turns, as for :func:`measure_latencies`.
 
     Returns
     -------

@@ -133,7 +133,7 @@ def latency_grid(variants: Mapping, in_features: int, batch_sizes: Iterable[int]
     """Latency (seconds) of every variant at every batch size and thread count.
 
     The variants are timed in turns by :func:`nncompress.measure.measure_latencies` (round after
-    round, until every variant's fastest round has been matched), so that they can be compared.
+    round, each variant's median round kept), so that they can be compared.
 
     Parameters
     ----------
@@ -145,7 +145,7 @@ def latency_grid(variants: Mapping, in_features: int, batch_sizes: Iterable[int]
     batch_sizes, threads
         The batch sizes and thread counts of the grid (ints >= 1).
     min_run_time
-        Seconds of timing per variant and grid point, before any extra rounds (a number > 0).
+        Seconds of timing per variant and grid point (a number > 0).
 
     Returns
     -------

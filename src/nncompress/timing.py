@@ -1,16 +1,18 @@
 """CPU latency, measured so that comparisons survive other work on the machine.
 
-Six entry points, re-exported by :mod:`nncompress.measure`:
+Seven entry points, re-exported by :mod:`nncompress.measure`:
 
 - :func:`measure_latency` times one model: the median of ``torch.utils.benchmark``'s
   ``blocked_autorange`` under ``torch.inference_mode``, with the thread count fixed, after
   warm-up; the smallest of a few such medians, since interference only ever adds time.
 - :func:`measure_latencies` times several models that are to be compared *in turns*
-  (round-robin), each keeping its fastest round, and adds rounds until every model's fastest
-  round has been matched by another (the estimate is stable), within a bounded number of rounds.
+  (round-robin), and each model's latency is the median of its rounds: slow drifts in the
+  machine's speed then reach every model alike, and the median of many rounds is stable where
+  the fastest round is not.
 - :func:`per_input_latencies` times models that run inputs one at a time, in turns, for models
-  whose work depends on the input (early exit), and :func:`calls_in_turns` any calls (text
-  generation), in turns;
+  whose work depends on the input (early exit), :func:`calls_in_turns` any calls (text
+  generation), in turns, and :func:`speedups_in_turns` the speed-ups of calls over one of them,
+  as medians of each round's own ratios;
 - :func:`thread_scaling` measures, right now, how much a second thread speeds up a reference
   matrix product: a notebook asserts claims about several threads only when it is high enough;
 - :func:`module_times` splits one model's forward pass by groups of submodules, with
@@ -22,8 +24,8 @@ References: paszke2019pytorch, hoefler2015scientific
 from __future__ import annotations
 
 import contextlib
-import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +37,7 @@ from torch.utils import benchmark
 from . import validate
 
 __all__ = ["MNIST_SHAPE", "measure_latency", "measure_latencies", "per_input_latencies", "calls_in_turns",
+           "speedups_in_turns",
            "thread_scaling",
            "module_times"]
 
@@ -129,38 +132,24 @@ def measure_latency(
     return min(timer.blocked_autorange(min_run_time=min_run_time / repeats).median for _ in range(repeats))
 
 
-def _settled(times: Sequence[float], tolerance: float) -> bool:
-    """Whether the fastest of ``times`` has been matched within ``tolerance`` by another."""
-    if len(times) < 2:
-        return False
-    first, second = sorted(times)[:2]
-    return second <= first * (1 + tolerance)
-
-
 def measure_latencies(
     models: Mapping[str, nn.Module],
     batch_size: int = 1,
     input_shape: Sequence[int] = MNIST_SHAPE,
     threads: int = 1,
     min_run_time: float = 0.2,
-    rounds: int = 5,
+    rounds: int = 9,
     inputs: torch.Tensor | None = None,
-    tolerance: float = 0.05,
-    max_rounds: int | None = None,
 ) -> dict[str, float]:
     """Latencies (seconds) of several models that are to be compared, measured in turns.
 
-    Each round times every model once with :func:`measure_latency` (for
-    ``min_run_time / rounds`` seconds; warm-up calls in the first round only), and each model
-    keeps its fastest round. Interference from other processes that lasts a second or two then
-    slows all the models of the rounds it overlaps, instead of whichever model was being measured
-    at the time, and taking the fastest round discards it.
-
-    After ``rounds`` rounds, rounds go on while the estimate is not stable: until, for every
-    model, another round has come within ``tolerance`` (5 %) of its fastest one, so that no
-    model's figure rests on a single lucky round. Every extra round times all the models, so
-    the comparison stays fair. The work is bounded: at most ``max_rounds`` rounds (by default
-    ``3 * rounds``), that is at most ``max_rounds / rounds`` times ``min_run_time`` per model.
+    Each of ``rounds`` rounds times every model once with :func:`measure_latency` (for
+    ``min_run_time / rounds`` seconds; warm-up calls in the first round only), and each model's
+    latency is the median of its rounds. A shared CPU's speed drifts by tens of per cent over
+    seconds (other virtual machines, memory traffic, clock changes); taken in turns, every model
+    meets the same drift, and the median of its rounds is a stable estimate, where the fastest
+    round of each model depends on which of them met the luckiest moment (two copies of one
+    model can differ markedly in it).
 
     Parameters
     ----------
@@ -169,18 +158,14 @@ def measure_latencies(
     batch_size, input_shape, threads, inputs
         As for :func:`measure_latency`.
     min_run_time
-        Seconds of timing per model over the first ``rounds`` rounds (a number > 0).
+        Seconds of timing per model over all the rounds (a number > 0).
     rounds
-        Rounds always run (an int >= 1).
-    tolerance
-        Relative distance within which a second round confirms the fastest (a number >= 0).
-    max_rounds
-        Upper bound on the rounds (an int >= ``rounds``); ``3 * rounds`` when None.
+        Rounds of timing in turns (an int >= 1).
 
     Returns
     -------
     dict
-        Each model's name mapped to its fastest round, in seconds per forward pass.
+        Each model's name mapped to its median round, in seconds per forward pass.
 
     Raises
     ------
@@ -199,17 +184,13 @@ def measure_latencies(
     for name, model in models.items():
         validate.module(model, f"models[{name!r}]")
     rounds = validate.integer(rounds, "rounds", 1)
-    max_rounds = 3 * rounds if max_rounds is None else validate.integer(max_rounds, "max_rounds", rounds)
-    tolerance = validate.number(tolerance, "tolerance", 0.0)
     min_run_time = validate.number(min_run_time, "min_run_time", 0.0, low_open=True)
     times: dict[str, list[float]] = {name: [] for name in models}
-    for r in range(max_rounds):
-        if r >= rounds and all(_settled(t, tolerance) for t in times.values()):
-            break
+    for r in range(rounds):
         for name, model in models.items():
             times[name].append(measure_latency(model, batch_size, input_shape, threads, min_run_time / rounds,
                                                warmup=3 if r == 0 else 0, repeats=1, inputs=inputs))
-    return {name: min(t) for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def per_input_latencies(models: Mapping[str, nn.Module], inputs: torch.Tensor, threads: int = 1,
@@ -219,8 +200,8 @@ def per_input_latencies(models: Mapping[str, nn.Module], inputs: torch.Tensor, t
     For a model whose work depends on its input (an early-exit network), one timed batch says
     little: this runs every input through each model, one per call, and divides the wall time
     by their number. After ten untimed warm-up calls per model, each of ``rounds`` rounds does so
-    for every model in turn (:func:`calls_in_turns`), and each model keeps its fastest round, as
-    in :func:`measure_latencies`.
+    for every model in turn (:func:`calls_in_turns`), and each model's figure is its median
+    round, as in :func:`measure_latencies`.
 
     Parameters
     ----------
@@ -236,7 +217,7 @@ def per_input_latencies(models: Mapping[str, nn.Module], inputs: torch.Tensor, t
     Returns
     -------
     dict
-        Each model's name mapped to its fastest round's seconds per input.
+        Each model's name mapped to its median round's seconds per input.
 
     Raises
     ------
@@ -272,12 +253,39 @@ def per_input_latencies(models: Mapping[str, nn.Module], inputs: torch.Tensor, t
     return {name: t / len(inputs) for name, t in seconds.items()}
 
 
+def _rounds_in_turns(calls: Mapping[str, Callable[[], object]], threads: int, rounds: int,
+                     warmup: bool) -> dict[str, list[float]]:
+    """Every round's seconds of each call, the calls run in turns (checked arguments as below)."""
+    validate.mapping(calls, "calls")
+    if not calls or not all(callable(c) for c in calls.values()):
+        raise TypeError("calls must map names to callables (at least one)")
+    threads = validate.integer(threads, "threads", 1)
+    rounds = validate.integer(rounds, "rounds", 1)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            for call in calls.values() if warmup else ():
+                call()
+            for _ in range(rounds):
+                for name, call in calls.items():
+                    start = time.perf_counter()
+                    call()
+                    times[name].append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return times
+
+
 def calls_in_turns(calls: Mapping[str, Callable[[], object]], threads: int = 1, rounds: int = 3,
                    warmup: bool = True) -> dict[str, float]:
     """Seconds per call of several calls timed in turns: each round runs every call once, in order.
 
-    With ``warmup``, the first round is preceded by one untimed call of each; each call keeps
-    its fastest round, since interference from other work only ever adds time.
+    With ``warmup``, the first round is preceded by one untimed call of each. Each call's figure
+    is the median of its rounds: taken in turns, the calls meet the same drifts in the machine's
+    speed, and the median, unlike the fastest round, does not hang on one lucky moment
+    (:func:`measure_latencies`).
 
     Parameters
     ----------
@@ -293,32 +301,57 @@ def calls_in_turns(calls: Mapping[str, Callable[[], object]], threads: int = 1, 
     Returns
     -------
     dict
-        Each name mapped to its fastest round's seconds.
+        Each name mapped to its median round's seconds.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``calls`` is not a non-empty mapping of callables, or a count is out of range.
+
+    References
+    ----------
+    hoefler2015scientific
+    """
+    return {name: statistics.median(t) for name, t in _rounds_in_turns(calls, threads, rounds, warmup).items()}
+
+
+def speedups_in_turns(calls: Mapping[str, Callable[[], object]], baseline: str, threads: int = 1, rounds: int = 9,
+                      warmup: bool = True) -> dict[str, float]:
+    """Speed-ups over ``baseline`` of calls timed in turns: the median of the rounds' own ratios.
+
+    Each round runs every call once, in order (as :func:`calls_in_turns`), and gives each call
+    the ratio of the baseline's seconds to its own *in that round*. The median of these paired
+    ratios is steadier than the ratio of two medians where the machine's speed drifts within a
+    run: the two calls of a pair are timed moments apart, so a drift reaches both.
+
+    Parameters
+    ----------
+    calls
+        Names mapped to functions of no argument; ``baseline`` among them.
+    baseline
+        The name of the call the others are compared with.
+    threads, rounds, warmup
+        As for :func:`calls_in_turns`.
+
+    Returns
+    -------
+    dict
+        Each name mapped to its median speed-up over the baseline (the baseline's is 1.0).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`calls_in_turns`; ValueError if ``baseline`` is not a name of ``calls``.
 
     References
     ----------
     hoefler2015scientific
     """
     validate.mapping(calls, "calls")
-    if not calls or not all(callable(c) for c in calls.values()):
-        raise TypeError("calls must map names to callables (at least one)")
-    threads = validate.integer(threads, "threads", 1)
-    rounds = validate.integer(rounds, "rounds", 1)
-    best = dict.fromkeys(calls, math.inf)
-    previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
-        with torch.inference_mode():
-            for call in calls.values() if warmup else ():
-                call()
-            for _ in range(rounds):
-                for name, call in calls.items():
-                    start = time.perf_counter()
-                    call()
-                    best[name] = min(best[name], time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
-    return best
+    if baseline not in calls:
+        raise ValueError(f"baseline must be one of the names of calls {sorted(map(str, calls))}, got {baseline!r}")
+    times = _rounds_in_turns(calls, threads, rounds, warmup)
+    return {name: statistics.median([b / t for b, t in zip(times[baseline], times[name])]) for name in calls}
 
 
 def thread_scaling(threads: int = 2, size: int = 512, rounds: int = 5, min_run_time: float = 0.3) -> float:
@@ -328,7 +361,7 @@ def thread_scaling(threads: int = 2, size: int = 512, rounds: int = 5, min_run_t
     evenly over threads: with ``threads`` free cores the speed-up approaches ``threads``; when
     other work keeps a core busy it falls towards 1, or below (the threads wait for each other).
     The two thread counts are timed in turns, ``rounds`` rounds of ``min_run_time / rounds``
-    seconds in all, each keeping its fastest round, as in :func:`measure_latencies`. Notebooks
+    seconds in all, each keeping its median round, as in :func:`measure_latencies`. Notebooks
     assert claims about several threads only when this is high enough (the book asks
     ``thread_scaling() >= 1.5``).
 
@@ -365,12 +398,12 @@ def thread_scaling(threads: int = 2, size: int = 512, rounds: int = 5, min_run_t
     min_run_time = validate.number(min_run_time, "min_run_time", 0.0, low_open=True)
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(size, size, generator=g), torch.randn(size, size, generator=g)  # (size, size) each
-    best = {1: math.inf, threads: math.inf}
+    times: dict[int, list[float]] = {1: [], threads: []}
     for _ in range(rounds):
-        for t in best:
+        for t, kept in times.items():
             timer = benchmark.Timer(stmt="torch.mm(a, b)", globals={"torch": torch, "a": a, "b": b}, num_threads=t)
-            best[t] = min(best[t], timer.blocked_autorange(min_run_time=min_run_time / rounds / 2).median)
-    return best[1] / best[threads]
+            kept.append(timer.blocked_autorange(min_run_time=min_run_time / rounds / 2).median)
+    return statistics.median(times[1]) / statistics.median(times[threads])
 
 
 @contextlib.contextmanager

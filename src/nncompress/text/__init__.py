@@ -14,7 +14,8 @@
   :func:`lm_loss` (nats per character), :func:`train_gpt` (from the text, or distilled on a
   teacher's logits) and :func:`load_gpt`, the trained models from the store;
 - :mod:`.decoding`: :class:`KVCache` (float32 or quantized keys and values), :func:`generate`
-  (greedy or sampled, with or without the cache) and :func:`speculative_generate`;
+  (greedy or sampled, with or without the cache), :func:`speculative_generate` and
+  :func:`cached_passes` (the cost of its large model's pass over drafted tokens);
 - :mod:`.harness`: :func:`flops_per_sentence` at the lengths of real sentences and
   :func:`profile_encoders`, the harness's profile of sentence encoders compared with each other.
 
@@ -26,7 +27,7 @@ from .encoder import (MINILM_MAX_LENGTH, MINILM_SHA256, SentenceEncoder, Tokeniz
                       tokenize_pairs)
 from .charlm import (GPTS, CharVocab, GPTRecipe, PrunedGPTRecipe, gpt_checkpoint, gpt_filename, lm_batch,
                      lm_calibration, lm_loss, load_gpt, make_gpt, shakespeare_ids, train_gpt)
-from .decoding import KVCache, SpeculativeStats, generate, speculative_accept, speculative_generate
+from .decoding import KVCache, SpeculativeStats, cached_passes, generate, speculative_accept, speculative_generate
 from .deploy import OnnxEncoder, export_onnx, quantize_onnx
 from .harness import flops_per_sentence, flops_per_token, profile_encoders, profile_gpts, timing_sentences
 from .shakespeare import (SHAKESPEARE_SHA256, SHAKESPEARE_URLS, load_tinyshakespeare, shakespeare_lines,
@@ -46,5 +47,5 @@ __all__ = [
     "encoder_student",
     "CharVocab", "shakespeare_ids", "lm_batch", "lm_calibration", "lm_loss", "GPTRecipe", "PrunedGPTRecipe", "GPTS",
     "train_gpt", "gpt_filename", "make_gpt", "gpt_checkpoint", "load_gpt",
-    "KVCache", "generate", "speculative_accept", "speculative_generate", "SpeculativeStats",
+    "KVCache", "generate", "speculative_accept", "speculative_generate", "SpeculativeStats", "cached_passes",
 ]

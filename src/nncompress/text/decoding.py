@@ -6,7 +6,8 @@ and head, as KIVI and KVQuant quantize keys and values per token). :func:`genera
 token at a time, with or without the cache (the two give the same tokens); :func:`speculative_generate`
 lets a small draft model propose ``k`` tokens that the large model checks in one pass, accepting
 them by the rule of Leviathan et al. and Chen et al., which returns exactly the large model's
-greedy tokens and, when sampling, tokens distributed exactly as the large model's own.
+greedy tokens and, when sampling, tokens distributed exactly as the large model's own;
+:func:`cached_passes` times the large model's check of drafted tokens on its own.
 
 References: leviathan2023fast, chen2023accelerating, pope2023efficiently, hooper2024kvquant, liu2024kivi
 """
@@ -22,7 +23,7 @@ from torch import nn
 from .. import validate
 from ..quantization.affine import qrange
 
-__all__ = ["KVCache", "generate", "speculative_accept", "speculative_generate", "SpeculativeStats"]
+__all__ = ["KVCache", "generate", "speculative_accept", "speculative_generate", "SpeculativeStats", "cached_passes"]
 
 
 class KVCache:
@@ -101,10 +102,10 @@ class KVCache:
         return total
 
 
-def _check_prompt(model: nn.Module, prompt) -> torch.Tensor:
+def _check_prompt(model: nn.Module, prompt, name: str = "prompt") -> torch.Tensor:
     validate.module(model)
     if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() != 1 or not len(prompt):
-        raise TypeError(f"prompt must be a non-empty 1-D tensor of int64 token ids, got "
+        raise TypeError(f"{name} must be a non-empty 1-D tensor of int64 token ids, got "
                         f"{getattr(prompt, 'dtype', type(prompt).__name__)} of shape {tuple(getattr(prompt, 'shape', ()))}")
     return prompt
 
@@ -164,6 +165,60 @@ def generate(model: nn.Module, prompt: torch.Tensor, new_tokens: int, temperatur
         tokens.append(int(token))
         step = token.view(1, 1)
     return torch.tensor(tokens)
+
+
+def cached_passes(model: nn.Module, context: torch.Tensor, fed: torch.Tensor, repeat: int = 20):
+    """A timing call: ``repeat`` passes of ``model`` over ``fed`` after a cached ``context``.
+
+    This is the large model's work in one round of speculative decoding: a pass over the
+    ``k + 1`` tokens it checks, with the keys and values of everything before them in the cache.
+    The context goes into a :class:`KVCache` once; every pass feeds ``fed`` and then truncates
+    the cache back to the context, so each pass sees the same state. Timed for several lengths of
+    ``fed`` (with :func:`nncompress.measure.calls_in_turns`), it gives the cost of a pass over
+    ``k + 1`` tokens in one-token passes.
+
+    Parameters
+    ----------
+    model
+        A GPT with a key-value cache (:class:`nncompress.models.GPT`).
+    context
+        1-D int64 token ids already seen (at least one).
+    fed
+        1-D int64 token ids of one pass (at least one); ``len(context) + len(fed)`` must fit in
+        the model's ``block_size``.
+    repeat
+        Passes per call (an int >= 1).
+
+    Returns
+    -------
+    callable
+        A function of no argument that runs the passes and returns the last pass's logits,
+        ``(1, len(fed), vocab)``.
+
+    Raises
+    ------
+    TypeError
+        If ``context`` or ``fed`` is not a non-empty 1-D int64 tensor, or ``repeat`` not an int.
+    ValueError
+        If the two do not fit in the model's context, or ``repeat`` is below 1.
+    """
+    context, fed = _check_prompt(model, context, "context"), _check_prompt(model, fed, "fed")
+    repeat = validate.integer(repeat, "repeat", 1)
+    limit = model.config.block_size
+    if len(context) + len(fed) > limit:
+        raise ValueError(f"context and fed must fit in the model's block_size={limit}, "
+                         f"got {len(context)} + {len(fed)} tokens")
+    cache = KVCache()
+    with torch.no_grad():
+        model(context[None], cache)
+
+    @torch.no_grad()
+    def run() -> torch.Tensor:
+        for _ in range(repeat):
+            logits = model(fed[None], cache)
+            cache.truncate(len(context))
+        return logits
+    return run
 
 
 def speculative_accept(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft_tokens: torch.Tensor,
