@@ -256,31 +256,44 @@ def test_measure_latencies_times_the_models_in_turns():
                                         rounds=3)
     assert set(seconds) == {"a", "b"} and all(t > 0 for t in seconds.values())
     runs = [name for i, name in enumerate(log) if i == 0 or log[i - 1] != name]  # the order of the stretches
-    assert runs == ["a", "b"] * 3  # a, b; a, b; a, b: every round visits every model
+    assert runs == ["a", "b"] * 4  # warm-up, then a, b; a, b; a, b: every round visits every model
 
 
-def scripted(monkeypatch, times):
-    """Replace each timing by the next of ``times[name]``; return the log of (round, name) calls."""
-    calls, queues = [], {name: list(t) for name, t in times.items()}
+class Clocked(nn.Module):
+    """A model whose every call advances a fake clock by the next of its scripted durations."""
 
-    def fake(model, *args, **kwargs):
-        calls.append(model.name)
-        return queues[model.name].pop(0)
+    def __init__(self, name, now, durations, log):
+        super().__init__()
+        self.name, self.now, self.durations, self.log = name, now, list(durations), log
+        self.fc = nn.Linear(4, 4)
 
-    monkeypatch.setattr(timing, "measure_latency", fake)
-    return calls
+    def forward(self, x):
+        self.log.append(self.name)
+        self.now[0] += self.durations.pop(0)
+        return self.fc(x)
 
 
 def test_measure_latencies_keeps_each_models_median_round(monkeypatch):
     # a's rounds are 1.0 (lucky), then about 2; b's about 2 throughout: the fastest rounds would
-    # make a twice as fast, the medians (2.0 and 2.05) say that the two are alike
-    calls = scripted(monkeypatch, {"a": [1.0, 2.1, 2.0, 1.9, 2.2], "b": [2.0, 2.05, 2.2, 1.95, 2.1]})
-    seconds = measure.measure_latencies({"a": Tagged("a", []), "b": Tagged("b", [])}, rounds=5)
-    assert seconds == {"a": 2.0, "b": 2.05}
-    assert calls == ["a", "b"] * 5  # every round times every model, in turns
-    calls = scripted(monkeypatch, {"a": [float(i) for i in range(20)]})
-    measure.measure_latencies({"a": Tagged("a", [])})
-    assert len(calls) == 9  # nine rounds by default
+    # make a twice as fast, the medians (2.0 and 2.05) say that the two are alike. Three warm-up
+    # calls each come first; the last (1.0) says one call fills a round of 0.2 s.
+    now, log = [0.0], []
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    a = Clocked("a", now, [5.0, 5.0, 1.0, 1.0, 2.1, 2.0, 1.9, 2.2], log)
+    b = Clocked("b", now, [5.0, 5.0, 1.0, 2.0, 2.05, 2.2, 1.95, 2.1], log)
+    seconds = measure.measure_latencies({"a": a, "b": b}, 1, (4,), min_run_time=1.0, rounds=5)
+    assert seconds == pytest.approx({"a": 2.0, "b": 2.05})
+    assert log == ["a"] * 3 + ["b"] * 3 + ["a", "b"] * 5  # warm-up, then every round times every model, in turns
+
+
+def test_measure_latencies_times_enough_calls_per_round(monkeypatch):
+    # a warm-up call of 0.01 s and 0.9 s over 9 rounds: ten calls a round, and seconds per call
+    now, log = [0.0], []
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    model = Clocked("a", now, [0.5, 0.5, 0.01] + [0.01] * 50 + [0.03] * 40, log)
+    seconds = measure.measure_latencies({"a": model}, 1, (4,), min_run_time=0.9)
+    assert len(log) == 3 + 9 * 10
+    assert seconds["a"] == pytest.approx(0.01)  # the median round (five at 0.1 s, four at 0.3 s), per call
 
 
 def test_calls_in_turns_keeps_each_calls_median_round(monkeypatch):

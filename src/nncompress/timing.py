@@ -6,7 +6,8 @@ Seven entry points, re-exported by :mod:`nncompress.measure`:
   ``blocked_autorange`` under ``torch.inference_mode``, with the thread count fixed, after
   warm-up; the smallest of a few such medians, since interference only ever adds time.
 - :func:`measure_latencies` times several models that are to be compared *in turns*
-  (round-robin), and each model's latency is the median of its rounds: slow drifts in the
+  (round-robin, a fixed number of calls per round), and each model's latency is the median of
+  its rounds: slow drifts in the
   machine's speed then reach every model alike, and the median of many rounds is stable where
   the fastest round is not.
 - :func:`per_input_latencies` times models that run inputs one at a time, in turns, for models
@@ -143,9 +144,10 @@ def measure_latencies(
 ) -> dict[str, float]:
     """Latencies (seconds) of several models that are to be compared, measured in turns.
 
-    Each of ``rounds`` rounds times every model once with :func:`measure_latency` (for
-    ``min_run_time / rounds`` seconds; warm-up calls in the first round only), and each model's
-    latency is the median of its rounds. A shared CPU's speed drifts by tens of per cent over
+    After three untimed warm-up calls per model (the last one timed, to choose how many calls
+    make ``min_run_time / rounds`` seconds), each of ``rounds`` rounds times that many forward
+    passes of every model in turn, under ``torch.inference_mode``, and each model's latency is
+    the median of its rounds, per call. A shared CPU's speed drifts by tens of per cent over
     seconds (other virtual machines, memory traffic, clock changes); taken in turns, every model
     meets the same drift, and the median of its rounds is a stable estimate, where the fastest
     round of each model depends on which of them met the luckiest moment (two copies of one
@@ -183,14 +185,39 @@ def measure_latencies(
         raise ValueError("models must hold at least one model")
     for name, model in models.items():
         validate.module(model, f"models[{name!r}]")
+    batch_size = validate.integer(batch_size, "batch_size", 1)
+    threads = validate.integer(threads, "threads", 1)
     rounds = validate.integer(rounds, "rounds", 1)
     min_run_time = validate.number(min_run_time, "min_run_time", 0.0, low_open=True)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for r in range(rounds):
-        for name, model in models.items():
-            times[name].append(measure_latency(model, batch_size, input_shape, threads, min_run_time / rounds,
-                                               warmup=3 if r == 0 else 0, repeats=1, inputs=inputs))
-    return {name: statistics.median(t) for name, t in times.items()}
+    x = _batch(batch_size, input_shape, inputs)
+    counts = {name: _calls_per_round(model.eval(), x, threads, min_run_time / rounds) for name, model in models.items()}
+
+    def repeated(model, count):
+        def call():
+            for _ in range(count):
+                model(x)
+        return call
+
+    times = _rounds_in_turns({name: repeated(model, counts[name]) for name, model in models.items()}, threads,
+                             rounds, warmup=False)
+    return {name: statistics.median(t) / counts[name] for name, t in times.items()}
+
+
+def _calls_per_round(model: nn.Module, x: torch.Tensor, threads: int, seconds: float) -> int:
+    """Three untimed warm-up calls of ``model(x)``; the number of calls (at least one) that the
+    last of them says take about ``seconds``."""
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            model(x)
+            model(x)
+            start = time.perf_counter()
+            model(x)
+            elapsed = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(previous)
+    return max(1, round(seconds / elapsed)) if elapsed > 0 else 1
 
 
 def per_input_latencies(models: Mapping[str, nn.Module], inputs: torch.Tensor, threads: int = 1,
