@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from . import layers as L
 from . import validate
@@ -131,7 +132,9 @@ def input_statistics(model: nn.Module, batches: Iterable, layers: L.Layers = Non
     handles = [layer.register_forward_hook(hook(name, layer.in_features)) for name, layer in chosen.items()]
     passes = 0
     try:
-        with torch.no_grad():  # not inference_mode: the statistics may later feed modules that train
+        # not inference_mode: the statistics may later feed modules that train; parametrized
+        # weights (pruning masks) are computed once for all the batches, not on every call
+        with torch.no_grad(), parametrize.cached():
             for batch in batches:
                 calls.clear()
                 try:
