@@ -284,6 +284,65 @@ def test_sequential_groups_see_the_inputs_of_the_compressed_model():
         calibration.layerwise_(model, batches, None, lambda *a: None, groups=[["0"]])
 
 
+class Counted(nn.Module):
+    """A residual block of two Linear layers that counts its forward passes."""
+
+    def __init__(self, width, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc, self.proj, self.calls = nn.Linear(width, 2 * width), nn.Linear(2 * width, width), 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x + self.proj(torch.relu(self.fc(x)))
+
+
+def blocks_and_groups(count=4, width=16):
+    model = nn.Sequential(*(Counted(width, seed) for seed in range(count)))
+    groups = [[f"{i}.fc", f"{i}.proj"] for i in range(count)]
+    batches = list(torch.randn(6, 5, width, generator=torch.Generator().manual_seed(0)).split(2))
+    return model, groups, batches
+
+
+def gathered(model, batches, groups, monkeypatch=None):
+    """The statistics each layer is transformed with (each layer halved), and the blocks' call counts."""
+    seen = {}
+
+    def transform(name, layer, stats):
+        seen[name] = stats.gram.clone()
+        with torch.no_grad():
+            layer.weight.mul_(0.5)
+    if monkeypatch is not None:
+        monkeypatch.setattr(calibration._Replay, "plan", classmethod(lambda cls, *a: None))
+    calibration.layerwise_(model, batches, None, transform, groups=groups)
+    return seen, [block.calls for block in model]
+
+
+def test_layerwise_skips_finished_blocks_with_the_statistics_of_full_passes(monkeypatch):
+    model, groups, batches = blocks_and_groups()
+    replayed, calls = gathered(model, batches, groups)
+    model, groups, batches = blocks_and_groups()
+    full, full_calls = gathered(model, batches, groups, monkeypatch)
+    assert replayed.keys() == full.keys() and all(torch.equal(replayed[n], full[n]) for n in full)
+    # full passes run block 0 in every pass (4 groups x 3 batches, plus one first pass that runs
+    # all of it); with the replay it runs in the check, in pass 0 and in pass 1, where it is recorded
+    assert full_calls[0] == 12 and calls[0] == 1 + 3 + 3
+    assert sum(calls) < sum(full_calls)
+
+
+def test_layerwise_runs_full_passes_when_the_blocks_are_not_in_group_order(monkeypatch):
+    model, groups, batches = blocks_and_groups()
+    assert calibration._Replay.plan(model, batches, groups) is not None
+    assert calibration._Replay.plan(model, batches, groups[::-1]) is None  # the groups against the data flow
+    assert calibration._Replay.plan(model, batches, [groups[0] + groups[1], *groups[2:]]) is None  # one block: the root
+    shared = nn.Sequential(model[0], model[1], model[0])  # block 0 runs twice per pass
+    assert calibration._Replay.plan(shared, batches, [["0.fc", "0.proj"], ["1.fc", "1.proj"]]) is None
+    reversed_replay, _ = gathered(model, batches, groups[::-1])
+    model, groups, batches = blocks_and_groups()
+    reversed_full, _ = gathered(model, batches, groups[::-1], monkeypatch)
+    assert all(torch.equal(reversed_replay[n], reversed_full[n]) for n in reversed_full)
+
+
 def test_quantize_weights_applies_rtn_or_gptq_to_each_layer():
     from nncompress.quantization import quantize_weights
 
