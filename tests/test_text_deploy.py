@@ -81,6 +81,9 @@ def test_onnx_runtime_encoder_matches_torch_and_its_int8_stays_close(tmp_path):
         text.export_onnx(nn.Linear(2, 2), tmp_path / "y.onnx")
     with pytest.raises(FileNotFoundError):
         text.OnnxEncoder(tmp_path / "missing.onnx")
+    # its threads do not spin after a run, which would slow whatever is timed next
+    options = runtime.session(1).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_profile_counts_an_engine_encoder_as_its_torch_twin(tmp_path):
