@@ -210,6 +210,32 @@ def test_sts_spearman_is_100_for_an_encoder_that_knows_the_scores():
         text.similarities(Oracle(), ids)
 
 
+def test_sts_fidelity_matches_scipy_and_the_cosines_by_hand():
+    reference_model, other = tiny_encoder(0), tiny_encoder(1)
+    ids = random_ids(40, 12, seed=3)
+    g = torch.Generator().manual_seed(4)
+    pairs = text.TokenizedPairs(ids, torch.arange(20), torch.arange(20, 40), 5 * torch.rand(20, generator=g).double())
+    reference = text.encode(reference_model, ids)
+    got = text.sts_fidelity(other, pairs, reference)
+    mine = text.encode(other, ids).double().numpy()
+    ref = reference.double().numpy()
+
+    def cos(a, b):
+        return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+    sims, ref_sims = cos(mine[:20], mine[20:]), cos(ref[:20], ref[20:])
+    assert got["spearman"] == pytest.approx(100 * spearmanr(sims, pairs.scores.numpy()).statistic, abs=1e-6)
+    assert got["spearman"] == pytest.approx(text.sts_spearman(other, pairs), abs=1e-6)
+    assert got["agreement"] == pytest.approx(spearmanr(sims, ref_sims).statistic, abs=1e-6)
+    assert got["error"] == pytest.approx(float(np.mean(1 - cos(mine, ref))), abs=1e-6)
+    same = text.sts_fidelity(reference_model, pairs, reference)
+    assert same["error"] == pytest.approx(0.0, abs=1e-6) and same["agreement"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one embedding per sentence"):
+        text.sts_fidelity(other, pairs, reference[:5])
+    with pytest.raises(TypeError, match="TokenizedPairs"):
+        text.sts_fidelity(other, ids, reference)
+
+
 # --- the harness ------------------------------------------------------------------------------
 
 def test_flops_per_sentence_equals_counting_every_length():

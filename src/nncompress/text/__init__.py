@@ -5,7 +5,8 @@
   sha256, split as nanoGPT splits it;
 - :mod:`.encoder`: :func:`load_minilm` (all-MiniLM-L6-v2, checked by sha256, as a
   :class:`SentenceEncoder`), :func:`tokenize`, :func:`tokenize_pairs`, :func:`encode` (in
-  length-sorted batches) and :func:`sts_spearman`, the benchmark's metric;
+  length-sorted batches), :func:`sts_spearman`, the benchmark's metric, and :func:`sts_fidelity`, the
+  metric with a compressed model's distance from a reference, from one encoding;
 - :mod:`.deploy`: :func:`export_onnx`, :func:`quantize_onnx` and :class:`OnnxEncoder`, the
   encoder deployed with ONNX Runtime;
 - :mod:`.student`: :func:`encoder_student`, 3-layer students distilled from the model on
@@ -23,7 +24,7 @@ References: cer2017semeval, reimers2019sentence, wang2020minilm
 """
 
 from .encoder import (MINILM_MAX_LENGTH, MINILM_SHA256, SentenceEncoder, TokenizedPairs, encode, length_batches,
-                      load_minilm, minilm_path, padded_tokens, similarities, spearman, sts_spearman, tokenize,
+                      load_minilm, minilm_path, padded_tokens, similarities, spearman, sts_fidelity, sts_spearman, tokenize,
                       tokenize_pairs)
 from .charlm import (GPTS, CharVocab, GPTRecipe, PrunedGPTRecipe, gpt_checkpoint, gpt_filename, lm_batch,
                      lm_calibration, lm_loss, load_gpt, make_gpt, shakespeare_ids, train_gpt)
@@ -41,6 +42,7 @@ __all__ = [
     "SHAKESPEARE_SHA256", "SHAKESPEARE_URLS", "load_tinyshakespeare", "shakespeare_split", "shakespeare_lines",
     "MINILM_SHA256", "MINILM_MAX_LENGTH", "minilm_path", "SentenceEncoder", "load_minilm", "tokenize",
     "TokenizedPairs", "tokenize_pairs", "encode", "length_batches", "padded_tokens", "similarities", "spearman", "sts_spearman",
+    "sts_fidelity",
     "flops_per_sentence", "timing_sentences", "profile_encoders", "flops_per_token", "profile_gpts",
     "export_onnx", "quantize_onnx", "OnnxEncoder",
     "StudentRecipe", "STUDENTS", "distill_encoder", "student_filename", "student_checkpoint", "make_student",

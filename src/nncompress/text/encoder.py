@@ -443,3 +443,51 @@ def sts_spearman(encoder: nn.Module, pairs: TokenizedPairs, batch_size: int = 64
     cer2017semeval, reimers2019sentence
     """
     return 100 * spearman(similarities(encoder, pairs, batch_size), pairs.scores)
+
+
+def sts_fidelity(encoder: nn.Module, pairs: TokenizedPairs, reference: torch.Tensor, batch_size: int = 64) -> dict:
+    """STS-B's score of ``encoder`` and how closely it follows a reference model, from one encoding.
+
+    Three figures from the embeddings of the sentences of ``pairs``: the benchmark's metric (as
+    :func:`sts_spearman`), the embedding error (one minus the cosine between each sentence's
+    embedding and its ``reference`` embedding, averaged over the sentences) and the agreement
+    (Spearman's correlation between the pairs' cosine similarities and the reference's: 1 when
+    the ranking of the pairs is unchanged).
+
+    Parameters
+    ----------
+    encoder
+        A sentence encoder (token ids to embeddings), e.g. a compressed model.
+    pairs
+        Tokenized pairs (:func:`tokenize_pairs`).
+    reference
+        The reference model's embeddings of ``pairs.ids`` (:func:`encode`), float ``(sentences, width)``.
+    batch_size
+        Sentences per forward pass in :func:`encode`.
+
+    Returns
+    -------
+    dict
+        ``{"spearman": float (times 100), "error": float, "agreement": float}``.
+
+    Raises
+    ------
+    TypeError
+        If ``pairs`` is not :class:`TokenizedPairs` or ``reference`` not a float tensor.
+    ValueError
+        If ``reference`` does not hold one embedding per sentence of ``pairs``.
+    """
+    if not isinstance(pairs, TokenizedPairs):
+        raise TypeError(f"pairs must be TokenizedPairs, got {type(pairs).__name__}")
+    validate.tensor(reference, "reference", dim=2, floating=True)
+    if len(reference) != len(pairs.ids):
+        raise ValueError(f"reference must hold one embedding per sentence ({len(pairs.ids)}), got {len(reference)}")
+    embeddings = encode(encoder, pairs.ids, batch_size, getattr(encoder, "pad_id", 0))
+
+    def cosines(e):
+        return F.cosine_similarity(e[pairs.first], e[pairs.second], dim=1)
+
+    ours = cosines(embeddings)
+    return {"spearman": 100 * spearman(ours, pairs.scores),
+            "error": float((1 - F.cosine_similarity(embeddings, reference.float(), dim=1)).mean()),
+            "agreement": spearman(ours, cosines(reference.float()))}
